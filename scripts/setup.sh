@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing husk needs from Debian's packages.
+# Safe to run repeatedly: only missing packages are installed.
+set -euo pipefail
+
+pkgs=(
+    build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils  # guest kernel build
+    linux-source-6.1                                                   # guest kernel source
+    qemu-system-x86                                                    # TCG backend, peer VMM
+    busybox-static                                                     # test guest userland
+)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: husk needs a Rust toolchain (see rust-toolchain.toml)" >&2
+    exit 1
+fi
+if [ ! -c /dev/kvm ]; then
+    echo "warning: /dev/kvm is missing: husk-vmm cannot run VMs on this host" >&2
+fi

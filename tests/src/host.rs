@@ -1,0 +1,94 @@
+//! What kind of host the tests run on. A missing or unusable /dev/kvm is a
+//! test failure, never a skip.
+
+use std::path::PathBuf;
+
+/// The flavour of KVM on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKvm {
+    /// VMX/SVM: husk-vmm boots stock Linux guests.
+    Hardware,
+    /// PVM: only tiny guests (and PVM-enlightened kernels) run at speed.
+    Pvm,
+}
+
+/// Detects the host, panicking if /dev/kvm cannot be opened read-write.
+pub fn require_kvm() -> HostKvm {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("/dev/kvm is not usable on this host ({e}); husk-vmm tests need KVM");
+    }
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        HostKvm::Pvm
+    } else {
+        HostKvm::Hardware
+    }
+}
+
+/// Prints which host this is, loudly, once per test binary.
+pub fn announce(host: HostKvm) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| match host {
+        HostKvm::Pvm => eprintln!(
+            "*** host KVM is PVM (kvm_pvm): husk-vmm is tested with the test guests; \
+             Linux guests run under QEMU TCG ***"
+        ),
+        HostKvm::Hardware => {
+            eprintln!("*** host KVM is hardware-backed: husk-vmm boots Linux guests too ***")
+        }
+    });
+}
+
+/// Directory holding the workspace's built binaries (target/<profile>).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("HUSK_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, panicking with a hint if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh, unique temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `/tmp/husk-test-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("husk-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,10 @@
+//! Helpers shared by husk's integration tests and benchmarks: paths of the
+//! built binaries and test guests, a husk-vmm child-process runner, the
+//! host KVM check, parsing of the test guest's report, test initramfs
+//! images and QEMU TCG boots of the guest kernel.
+
+pub mod guest;
+pub mod host;
+pub mod initramfs;
+pub mod linux;
+pub mod vmm;

@@ -1,0 +1,288 @@
+//! The husk-vmm control API over its Unix socket: every endpoint, bad
+//! requests, pause/resume, Ctrl+Alt+Del, and clean-up of the socket.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::guest;
+use integration_tests::host::{self, TempDir};
+use integration_tests::vmm::ApiVmm;
+
+const T: Duration = Duration::from_secs(30);
+
+fn boot_source(args: &str) -> String {
+    serde_json::json!({"kernel_image_path": guest::pvh(), "boot_args": args}).to_string()
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn configure_start_and_query() {
+    host::announce(host::require_kvm());
+    let dir = TempDir::new("api");
+    let vm = ApiVmm::start(&dir);
+
+    let r = vm.request("GET", "/", None);
+    assert_eq!(r.status, 200);
+    let info = json(&r.body);
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["app_name"], "husk-vmm");
+
+    // Starting without a boot source fails and leaves the VMM usable.
+    let r = vm.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        json(&r.body)["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("boot-source"),
+        "{}",
+        r.body
+    );
+
+    let r = vm.request(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":2,"mem_size_mib":48}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = vm.request("GET", "/machine-config", None);
+    assert_eq!(json(&r.body)["vcpu_count"], 2);
+    assert_eq!(json(&r.body)["mem_size_mib"], 48);
+
+    let r = vm.request("PUT", "/boot-source", Some(&boot_source("action=halt")));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = vm.request("GET", "/vm/config", None);
+    let cfg = json(&r.body);
+    assert_eq!(cfg["boot-source"]["boot_args"], "action=halt");
+    assert_eq!(cfg["machine-config"]["mem_size_mib"], 48);
+
+    let r = vm.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let text = vm.wait_console(guest::MARKER, T);
+    let report = guest::parse(&text);
+    assert_eq!(report.cpus, 2);
+    assert_eq!(report.e820[1].1, (48 << 20) - 0x10_0000);
+
+    let r = vm.request("GET", "/", None);
+    assert_eq!(json(&r.body)["state"], "Running");
+
+    // Configuration is frozen once started; a second start is refused.
+    let r = vm.request("PUT", "/boot-source", Some(&boot_source("x")));
+    assert_eq!(r.status, 400);
+    let r = vm.request(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+    );
+    assert_eq!(r.status, 400);
+    let r = vm.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("already"), "{}", r.body);
+
+    // The VM is unaffected by all that.
+    let r = vm.request("GET", "/", None);
+    assert_eq!(json(&r.body)["state"], "Running");
+}
+
+#[test]
+fn bad_requests_get_400_and_change_nothing() {
+    host::require_kvm();
+    let dir = TempDir::new("api-bad");
+    let vm = ApiVmm::start(&dir);
+    let cases: &[(&str, &str, Option<&str>, &str)] = &[
+        ("GET", "/nonexistent", None, "GET /nonexistent"),
+        ("DELETE", "/", None, "DELETE /"),
+        ("PUT", "/actions", Some("{"), "actions"),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"Reboot"}"#),
+            "Reboot",
+        ),
+        ("PUT", "/actions", None, "empty"),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count":0,"mem_size_mib":32}"#),
+            "vcpu_count",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count":1,"mem_size_mib":32,"cpu_template":"T2"}"#),
+            "cpu_template",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            Some(r#"{"kernel_image_path":""}"#),
+            "kernel_image_path",
+        ),
+        (
+            "PATCH",
+            "/vm",
+            Some(r#"{"state":"Paused"}"#),
+            "not been started",
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"SendCtrlAltDel"}"#),
+            "not been started",
+        ),
+        ("PUT", "/drives/rootfs", Some("{}"), "not implemented"),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"FlushMetrics"}"#),
+            "not implemented",
+        ),
+    ];
+    for (method, path, body, needle) in cases {
+        let r = vm.request(method, path, *body);
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.body);
+        let msg = json(&r.body)["fault_message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{method} {path}: {msg}");
+    }
+    // Malformed HTTP and oversized bodies are refused too.
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&vm.sock).unwrap();
+    s.write_all(b"GARBAGE\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let big = "x".repeat(100 * 1024);
+    let r = vm.request("PUT", "/boot-source", Some(&big));
+    assert_eq!(r.status, 413);
+    let r = vm.request("GET", "/", None);
+    assert_eq!(json(&r.body)["state"], "Not started");
+    assert_eq!(
+        json(&vm.request("GET", "/machine-config", None).body),
+        serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false, "track_dirty_pages": false})
+    );
+}
+
+fn tick_count(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with("tick ")).count()
+}
+
+#[test]
+fn pause_and_resume() {
+    host::require_kvm();
+    let dir = TempDir::new("api-pause");
+    let vm = ApiVmm::start(&dir);
+    assert_eq!(
+        vm.request("PUT", "/boot-source", Some(&boot_source("action=ticks")))
+            .status,
+        204
+    );
+    assert_eq!(
+        vm.request(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"InstanceStart"}"#)
+        )
+        .status,
+        204
+    );
+    vm.wait_console("tick 3\n", T);
+
+    let r = vm.request("PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(json(&vm.request("GET", "/", None).body)["state"], "Paused");
+    let before = tick_count(&vm.console_text());
+    std::thread::sleep(Duration::from_millis(500));
+    let after = tick_count(&vm.console_text());
+    assert_eq!(before, after, "the guest ran while paused");
+
+    let r = vm.request("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(json(&vm.request("GET", "/", None).body)["state"], "Running");
+    let deadline = Instant::now() + T;
+    while tick_count(&vm.console_text()) < after + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not run after resume"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Pausing twice and resuming twice are harmless.
+    for state in ["Paused", "Paused", "Resumed", "Resumed"] {
+        let body = format!(r#"{{"state":"{state}"}}"#);
+        assert_eq!(vm.request("PATCH", "/vm", Some(&body)).status, 204);
+    }
+}
+
+#[test]
+fn ctrl_alt_del_reaches_the_guest_and_socket_is_removed() {
+    host::require_kvm();
+    let dir = TempDir::new("api-cad");
+    let vm = ApiVmm::start(&dir);
+    assert_eq!(
+        vm.request("PUT", "/boot-source", Some(&boot_source("action=kbd")))
+            .status,
+        204
+    );
+    assert_eq!(
+        vm.request(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"InstanceStart"}"#)
+        )
+        .status,
+        204
+    );
+    vm.wait_console(guest::MARKER, T);
+    let r = vm.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let sock = vm.sock.clone();
+    let console = vm.console.clone();
+    let out = vm.wait(T);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(console).unwrap();
+    assert!(
+        text.contains("key 0x1d"),
+        "guest did not see the Ctrl scancode: {text}"
+    );
+    assert!(!sock.exists(), "API socket left behind");
+}
+
+#[test]
+fn existing_socket_path_is_refused() {
+    host::require_kvm();
+    let dir = TempDir::new("api-exists");
+    let sock = dir.join("api.sock");
+    std::fs::write(&sock, b"").unwrap();
+    let out = std::process::Command::new(host::bin("husk-vmm"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(vmm::EXIT_BAD_CONFIG));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(sock.exists(), "someone else's file was removed");
+}

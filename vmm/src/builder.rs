@@ -1,0 +1,325 @@
+//! Turns a validated [`VmConfig`] into a live [`Vm`]. This is the one place
+//! that knows the construction order (see docs/DESIGN.md, "Boot steps"):
+//!
+//! 1. open /dev/kvm, create the VM with its irqchip and PIT;
+//! 2. allocate guest RAM and register it with KVM;
+//! 3. load the kernel and initrd, write the command line and boot information;
+//! 4. write the MP table;
+//! 5. create the legacy devices (COM1, i8042) and wire their interrupts;
+//! 6. create and configure the vCPUs (CPUID, MSRs, registers, LAPIC);
+//! 7. start the vCPU threads paused; the caller resumes them.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::{cpuid, mptable, regs};
+use crate::boot::{self, BootError, EntryPoint};
+use crate::config::{ConfigError, VmConfig};
+use crate::devices::legacy::EventFdTrigger;
+use crate::devices::legacy::i8042::{self, I8042Device};
+use crate::devices::legacy::serial::{self, ConsoleOut, ConsoleSink, SerialDevice};
+use crate::devices::{Bus, BusError};
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{ExitReason, ExitSignal, Vcpu, VcpuError, VcpuHandle};
+use crate::vstate::vm::{self, HostKvm, VmError};
+
+/// Errors while building the VM. Each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Creating the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the guest failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The MP table failed.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// Setting up registers failed.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// Registering a device failed.
+    #[error("cannot register device: {0}")]
+    Bus(#[from] BusError),
+    /// Creating or starting a vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A vCPU ioctl failed.
+    #[error("cannot {what}: {source}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Live state of a running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum VmRunState {
+    /// vCPUs run guest code.
+    Running,
+    /// vCPUs are paused.
+    Paused,
+    /// The guest has stopped.
+    Exited,
+}
+
+/// A built VM: the KVM objects, memory, devices and vCPU threads.
+#[derive(Debug)]
+pub struct Vm {
+    /// Host KVM flavour.
+    pub host: HostKvm,
+    /// Guest memory (kept alive for KVM's slots).
+    pub memory: GuestMemoryMmap,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042Device>>,
+    /// Where the VM's end is reported.
+    pub exit: Arc<ExitSignal>,
+    /// Set when the guest printed a kernel panic.
+    pub panicked: Arc<AtomicBool>,
+    /// vCPU threads.
+    pub vcpus: Vec<VcpuHandle>,
+    /// Run state.
+    pub state: VmRunState,
+    /// Entry point used.
+    pub entry: EntryPoint,
+    // Dropped last: the VM fd and /dev/kvm.
+    _vm_fd: Arc<VmFd>,
+    _kvm: Kvm,
+}
+
+const LAPIC_LVT_LINT0: usize = 0x350;
+const LAPIC_LVT_LINT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+fn set_lapic_lint(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), BuildError> {
+    let kvm = |what| move |source| BuildError::Kvm { what, source };
+    let mut lapic = vcpu.get_lapic().map_err(kvm("read the local APIC"))?;
+    let set_mode = |regs: &mut [libc::c_char], off: usize, mode: u32| {
+        let mut bytes = [0u8; 4];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = regs[off + i] as u8;
+        }
+        let val = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+        for (i, b) in val.to_le_bytes().iter().enumerate() {
+            regs[off + i] = *b as libc::c_char;
+        }
+    };
+    set_mode(&mut lapic.regs, LAPIC_LVT_LINT0, APIC_MODE_EXTINT);
+    set_mode(&mut lapic.regs, LAPIC_LVT_LINT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic).map_err(kvm("write the local APIC"))
+}
+
+/// Builds the VM described by `config`, writing its console to `console`.
+/// On return the vCPU threads exist and are paused.
+pub fn build_microvm(
+    config: &VmConfig,
+    console: ConsoleSink,
+) -> Result<(Vm, vmm_sys_util::eventfd::EventFd), BuildError> {
+    config.validate(crate::config::host_mem_mib())?;
+    let boot_source = config
+        .boot_source
+        .as_ref()
+        .ok_or(ConfigError::MissingBootSource)?;
+    let machine = &config.machine_config;
+    let vcpu_count = machine.vcpu_count as u8;
+    let host = HostKvm::detect();
+
+    // 1. KVM and the VM.
+    let kvm = vm::open_kvm()?;
+    let vm_fd = Arc::new(vm::create_vm(&kvm)?);
+
+    // 2. Guest memory.
+    let mem = memory::create_guest_memory(machine.mem_size_bytes())?;
+    memory::register_with_kvm(&vm_fd, &mem)?;
+
+    // 3. Kernel, initrd, command line, boot information.
+    let (loaded, entry) = boot::load_kernel(&mem, &boot_source.kernel_image_path)?;
+    let initrd = match &boot_source.initrd_path {
+        Some(p) => Some(boot::load_initrd(&mem, p, loaded.kernel_end)?),
+        None => None,
+    };
+    let cmdline = boot::build_cmdline(boot_source.boot_args())?;
+    boot::configure_boot(&mem, entry, &loaded, &cmdline, initrd)?;
+
+    // 4. MP table.
+    mptable::setup_mptable(&mem, vcpu_count)?;
+
+    // 5. Legacy devices.
+    let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
+    let panicked = Arc::new(AtomicBool::new(false));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger(vm::irq_line(&vm_fd, serial::COM1_IRQ)?),
+        ConsoleOut::new(console, panicked.clone()),
+    )));
+    // The i8042 signals this eventfd; the VMM thread reports it as a reset.
+    let reset = EventFdTrigger(
+        vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?,
+    );
+    let reset_evt = reset.0.try_clone().map_err(BuildError::EventFd)?;
+    let i8042 = Arc::new(Mutex::new(I8042Device::new(
+        reset,
+        EventFdTrigger(vm::irq_line(&vm_fd, i8042::KBD_IRQ)?),
+    )));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), serial::COM1_BASE, serial::COM1_LEN)?;
+    pio.insert(i8042.clone(), i8042::DATA_PORT, 5)?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(Bus::new());
+
+    // 6. vCPUs.
+    let kvm_err = |what| move |source| BuildError::Kvm { what, source };
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("read supported CPUID"))?;
+    let mut vcpus = Vec::with_capacity(vcpu_count as usize);
+    for id in 0..vcpu_count {
+        let fd = vm_fd
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("create a vCPU"))?;
+        let mut cpuid = base_cpuid.clone();
+        cpuid::patch_cpuid(&mut cpuid, id, vcpu_count);
+        if host == HostKvm::Pvm {
+            cpuid::hide_pvm_unemulated(&mut cpuid);
+        }
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        if id == 0 {
+            regs::setup_vcpu_regs(&fd, &mem, entry.mode, entry.addr)?;
+        } else {
+            regs::set_boot_msrs(&fd)?;
+            fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))?;
+        }
+        set_lapic_lint(&fd)?;
+        vcpus.push(Vcpu::new(
+            id,
+            fd,
+            pio.clone(),
+            mmio.clone(),
+            exit.clone(),
+            host == HostKvm::Pvm,
+        ));
+    }
+
+    // 7. Threads, paused.
+    crate::vstate::vcpu::install_kick_handler()?;
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for v in vcpus {
+        match v.start() {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                for h in &mut handles {
+                    h.finish();
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    log::info!(
+        "built VM: {} vCPU(s), {} MiB, {:?} entry at {:#x}, host KVM {:?}",
+        vcpu_count,
+        machine.mem_size_mib,
+        entry.mode,
+        entry.addr.0,
+        host
+    );
+    let vm = Vm {
+        host,
+        memory: mem,
+        serial,
+        i8042,
+        exit,
+        panicked,
+        vcpus: handles,
+        state: VmRunState::Paused,
+        entry,
+        _vm_fd: vm_fd,
+        _kvm: kvm,
+    };
+    Ok((vm, reset_evt))
+}
+
+impl Vm {
+    /// Resumes every vCPU.
+    pub fn resume(&mut self) -> Result<(), VcpuError> {
+        use crate::vstate::vcpu::{VcpuEvent, VcpuResponse};
+        for v in &self.vcpus {
+            v.send(VcpuEvent::Resume)?;
+        }
+        for v in &self.vcpus {
+            match v.response()? {
+                VcpuResponse::Resumed | VcpuResponse::Exited => {}
+                got => {
+                    return Err(VcpuError::Unexpected {
+                        id: 0,
+                        sent: VcpuEvent::Resume,
+                        got,
+                    });
+                }
+            }
+        }
+        self.state = VmRunState::Running;
+        Ok(())
+    }
+
+    /// Pauses every vCPU.
+    pub fn pause(&mut self) -> Result<(), VcpuError> {
+        use crate::vstate::vcpu::{VcpuEvent, VcpuResponse};
+        for v in &self.vcpus {
+            v.send(VcpuEvent::Pause)?;
+        }
+        for v in &self.vcpus {
+            match v.response()? {
+                VcpuResponse::Paused | VcpuResponse::Exited => {}
+                got => {
+                    return Err(VcpuError::Unexpected {
+                        id: 0,
+                        sent: VcpuEvent::Pause,
+                        got,
+                    });
+                }
+            }
+        }
+        self.state = VmRunState::Paused;
+        Ok(())
+    }
+
+    /// Ends every vCPU thread.
+    pub fn shut_down(&mut self) {
+        for v in &mut self.vcpus {
+            v.finish();
+        }
+        self.state = VmRunState::Exited;
+    }
+
+    /// The final exit reason, mapping a reset after a printed panic to a panic.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        let reason = self.exit.reason()?;
+        if reason.is_clean() && self.panicked.load(std::sync::atomic::Ordering::SeqCst) {
+            return Some(ExitReason::GuestPanic);
+        }
+        Some(reason)
+    }
+
+    /// The entry point address.
+    pub fn entry_addr(&self) -> GuestAddress {
+        self.entry.addr
+    }
+}

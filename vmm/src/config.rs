@@ -1,0 +1,350 @@
+//! VM configuration: plain data, parsed from Firecracker's JSON schema and
+//! validated on its own, before any KVM object exists.
+//!
+//! ```json
+//! {
+//!   "boot-source": { "kernel_image_path": "vmlinux", "initrd_path": "initrd.cpio",
+//!                    "boot_args": "console=ttyS0 reboot=k panic=-1" },
+//!   "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 }
+//! }
+//! ```
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest vCPU count accepted (APIC IDs and the MP table stay 8-bit).
+pub const MAX_VCPUS: u8 = 64;
+/// Smallest guest memory accepted, in MiB.
+pub const MIN_MEM_MIB: u64 = 8;
+/// Largest kernel command line accepted, in bytes (x86 `COMMAND_LINE_SIZE`).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Default kernel command line, as Firecracker's.
+pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// Errors in a VM configuration; each names the offending field or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is not a valid configuration.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// Path of the file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `machine-config.vcpu_count` is out of range.
+    #[error("machine-config.vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u64),
+    /// `machine-config.mem_size_mib` is out of range.
+    #[error("machine-config.mem_size_mib must be between {MIN_MEM_MIB} and {max} MiB, got {got}")]
+    MemSize {
+        /// Value given.
+        got: u64,
+        /// Upper bound on this host.
+        max: u64,
+    },
+    /// `boot-source.boot_args` is too long.
+    #[error("boot-source.boot_args is {0} bytes, more than the {MAX_CMDLINE_LEN} allowed")]
+    BootArgsTooLong(usize),
+    /// `boot-source.boot_args` holds a NUL or non-printable byte.
+    #[error("boot-source.boot_args contains a control character")]
+    BootArgsInvalid,
+    /// A path field is empty.
+    #[error("{0} is empty")]
+    EmptyPath(&'static str),
+    /// The configuration asks for a feature husk-vmm does not have yet.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    /// No boot source was configured.
+    #[error("boot-source is missing")]
+    MissingBootSource,
+}
+
+/// `boot-source`: the kernel, initrd and command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    /// Path of the kernel: an ELF `vmlinux` (PVH entry) or a bzImage.
+    pub kernel_image_path: PathBuf,
+    /// Optional initrd (an uncompressed or compressed cpio archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    /// Kernel command line; defaults to [`DEFAULT_BOOT_ARGS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+impl BootSourceConfig {
+    /// Checks the fields that can be checked without opening files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel_image_path.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("boot-source.kernel_image_path"));
+        }
+        if let Some(p) = &self.initrd_path {
+            if p.as_os_str().is_empty() {
+                return Err(ConfigError::EmptyPath("boot-source.initrd_path"));
+            }
+        }
+        let args = self.boot_args();
+        if args.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::BootArgsTooLong(args.len()));
+        }
+        if args.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            return Err(ConfigError::BootArgsInvalid);
+        }
+        Ok(())
+    }
+
+    /// The command line the guest gets (before devices are appended).
+    pub fn boot_args(&self) -> &str {
+        self.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS)
+    }
+}
+
+/// `machine-config`: vCPUs and memory.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpu_count: u64,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u64,
+    /// Simultaneous multithreading; only `false` is supported.
+    #[serde(default)]
+    pub smt: bool,
+    /// Dirty page tracking; only `false` is supported.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+        }
+    }
+}
+
+impl MachineConfig {
+    /// Checks the ranges; `host_mem_mib` bounds the memory size.
+    pub fn validate(&self, host_mem_mib: u64) -> Result<(), ConfigError> {
+        if self.vcpu_count == 0 || self.vcpu_count > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::VcpuCount(self.vcpu_count));
+        }
+        if self.mem_size_mib < MIN_MEM_MIB || self.mem_size_mib > host_mem_mib {
+            return Err(ConfigError::MemSize {
+                got: self.mem_size_mib,
+                max: host_mem_mib,
+            });
+        }
+        if self.smt {
+            return Err(ConfigError::NotImplemented("machine-config.smt = true"));
+        }
+        if self.track_dirty_pages {
+            return Err(ConfigError::NotImplemented(
+                "machine-config.track_dirty_pages = true",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Guest memory size in bytes.
+    pub fn mem_size_bytes(&self) -> u64 {
+        self.mem_size_mib << 20
+    }
+}
+
+/// The whole configuration file (`--config-file`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel, initrd and command line.
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSourceConfig>,
+    /// vCPUs and memory.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    /// Block devices: accepted by the schema, refused until implemented.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<serde_json::Value>,
+    /// Network interfaces: accepted by the schema, refused until implemented.
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub network_interfaces: Vec<serde_json::Value>,
+    /// vsock device: accepted by the schema, refused until implemented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<serde_json::Value>,
+}
+
+impl VmConfig {
+    /// Parses a configuration from JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Validates everything needed to start the VM.
+    pub fn validate(&self, host_mem_mib: u64) -> Result<(), ConfigError> {
+        self.boot_source
+            .as_ref()
+            .ok_or(ConfigError::MissingBootSource)?
+            .validate()?;
+        self.machine_config.validate(host_mem_mib)?;
+        if !self.drives.is_empty() {
+            return Err(ConfigError::NotImplemented("drives"));
+        }
+        if !self.network_interfaces.is_empty() {
+            return Err(ConfigError::NotImplemented("network-interfaces"));
+        }
+        if self.vsock.is_some() {
+            return Err(ConfigError::NotImplemented("vsock"));
+        }
+        Ok(())
+    }
+}
+
+/// Total memory of this host in MiB, the upper bound for guest memory.
+pub fn host_mem_mib() -> u64 {
+    let mut info = std::mem::MaybeUninit::<libc::sysinfo>::zeroed();
+    // SAFETY: `info` points to writable memory of the size sysinfo(2) fills;
+    // the return value is checked before the struct is read.
+    let ret = unsafe { libc::sysinfo(info.as_mut_ptr()) };
+    if ret != 0 {
+        return u64::MAX >> 20;
+    }
+    // SAFETY: sysinfo(2) succeeded and filled the struct.
+    let info = unsafe { info.assume_init() };
+    info.totalram.saturating_mul(u64::from(info.mem_unit)) >> 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: u64 = 4096;
+
+    fn parse(text: &str) -> Result<VmConfig, ConfigError> {
+        VmConfig::from_json(text)
+    }
+
+    #[test]
+    fn parses_firecracker_schema() {
+        let cfg = parse(
+            r#"{"boot-source":{"kernel_image_path":"/k","initrd_path":"/i","boot_args":"console=ttyS0"},
+                "machine-config":{"vcpu_count":2,"mem_size_mib":256,"smt":false}}"#,
+        )
+        .unwrap();
+        cfg.validate(HOST).unwrap();
+        assert_eq!(cfg.machine_config.vcpu_count, 2);
+        assert_eq!(cfg.machine_config.mem_size_bytes(), 256 << 20);
+        let boot = cfg.boot_source.unwrap();
+        assert_eq!(boot.initrd_path.unwrap(), PathBuf::from("/i"));
+        assert_eq!(boot.boot_args.unwrap(), "console=ttyS0");
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse(r#"{"boot-source":{"kernel_image_path":"/k"}}"#).unwrap();
+        cfg.validate(HOST).unwrap();
+        assert_eq!(cfg.machine_config, MachineConfig::default());
+        assert_eq!(cfg.boot_source.unwrap().boot_args(), DEFAULT_BOOT_ARGS);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = parse(r#"{"boot-source":{"kernel_image_path":"/k","bogus":1}}"#).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = parse(r#"{"machine":{}}"#).unwrap_err();
+        assert!(err.to_string().contains("machine"), "{err}");
+    }
+
+    #[test]
+    fn not_json() {
+        let err = parse("vcpus=2").unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid configuration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ranges() {
+        let mut m = MachineConfig {
+            vcpu_count: 0,
+            ..Default::default()
+        };
+        assert!(matches!(m.validate(HOST), Err(ConfigError::VcpuCount(0))));
+        m.vcpu_count = 65;
+        assert!(matches!(m.validate(HOST), Err(ConfigError::VcpuCount(65))));
+        m.vcpu_count = 1;
+        m.mem_size_mib = 0;
+        assert!(matches!(m.validate(HOST), Err(ConfigError::MemSize { .. })));
+        m.mem_size_mib = HOST + 1;
+        let err = m.validate(HOST).unwrap_err().to_string();
+        assert!(err.contains("mem_size_mib"), "{err}");
+        m.mem_size_mib = 128;
+        m.smt = true;
+        assert!(
+            m.validate(HOST)
+                .unwrap_err()
+                .to_string()
+                .starts_with("not implemented")
+        );
+    }
+
+    #[test]
+    fn boot_args_checked() {
+        let mut b = BootSourceConfig {
+            kernel_image_path: "/k".into(),
+            ..Default::default()
+        };
+        b.boot_args = Some("a".repeat(MAX_CMDLINE_LEN));
+        assert!(matches!(b.validate(), Err(ConfigError::BootArgsTooLong(_))));
+        b.boot_args = Some("a\nb".into());
+        assert!(matches!(b.validate(), Err(ConfigError::BootArgsInvalid)));
+        b.boot_args = None;
+        b.kernel_image_path = PathBuf::new();
+        assert!(matches!(b.validate(), Err(ConfigError::EmptyPath(_))));
+    }
+
+    #[test]
+    fn devices_not_yet_supported() {
+        let cfg =
+            parse(r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"root"}]}"#)
+                .unwrap();
+        let err = cfg.validate(HOST).unwrap_err().to_string();
+        assert_eq!(err, "not implemented: drives");
+    }
+
+    #[test]
+    fn missing_boot_source() {
+        let cfg = parse("{}").unwrap();
+        assert!(matches!(
+            cfg.validate(HOST),
+            Err(ConfigError::MissingBootSource)
+        ));
+    }
+}

@@ -1,0 +1,339 @@
+//! husk-vmm: a small KVM virtual machine monitor built on the rust-vmm crates.
+//!
+//! One process runs one microVM. Threads: the VMM thread (this module's
+//! event loop: API actions, exit events, console input), one thread per
+//! vCPU ([`vstate::vcpu`]) and an optional API thread ([`api::server`]).
+//! Configuration data ([`config`]) is kept apart from live objects
+//! ([`builder::Vm`]); [`builder`] is the one place that turns one into the
+//! other.
+
+pub mod api;
+pub mod arch;
+pub mod boot;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod logger;
+pub mod vstate;
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use api::{ActionError, ActionResult, ApiRequest, VmmAction, VmmData};
+use builder::{BuildError, Vm, VmRunState};
+use config::VmConfig;
+use vstate::vcpu::{ExitReason, ExitSignal};
+
+/// Exit code: the guest reset or powered off.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the VMM itself failed.
+pub const EXIT_VMM_ERROR: i32 = 1;
+/// Exit code: bad arguments or configuration, or the VM could not be built.
+pub const EXIT_BAD_CONFIG: i32 = 2;
+/// Exit code: a vCPU triple-faulted.
+pub const EXIT_TRIPLE_FAULT: i32 = 3;
+/// Exit code: the guest kernel panicked.
+pub const EXIT_GUEST_PANIC: i32 = 4;
+/// Exit code: KVM could not emulate a guest instruction.
+pub const EXIT_INTERNAL_ERROR: i32 = 5;
+/// Exit code: KVM entry failure or a guest crash event.
+pub const EXIT_GUEST_CRASH: i32 = 6;
+
+/// Errors of the VMM thread.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The event loop failed.
+    #[error("event loop failed: {0}")]
+    EventManager(String),
+    /// Building the VM failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// A vCPU did not follow a state change.
+    #[error(transparent)]
+    Vcpu(#[from] vstate::vcpu::VcpuError),
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Drains an eventfd whose only job is to wake the event loop.
+struct Waker(Arc<EventFd>);
+
+impl MutEventSubscriber for Waker {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.as_ref(), EventSet::IN)) {
+            log::error!("cannot watch an eventfd: {e:?}");
+        }
+    }
+}
+
+/// Watches the i8042 reset line and the vCPU exit signal.
+struct ExitWatcher {
+    reset: EventFd,
+    exit: Arc<ExitSignal>,
+}
+
+const RESET_TOKEN: u32 = 1;
+const EXIT_TOKEN: u32 = 2;
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            RESET_TOKEN => {
+                let _ = self.reset.read();
+                self.exit.report(ExitReason::Reset);
+            }
+            _ => {
+                let _ = self.exit.eventfd().read();
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let added = ops
+            .add(Events::with_data(&self.reset, RESET_TOKEN, EventSet::IN))
+            .and_then(|_| {
+                ops.add(Events::with_data(
+                    self.exit.eventfd(),
+                    EXIT_TOKEN,
+                    EventSet::IN,
+                ))
+            });
+        if let Err(e) = added {
+            log::error!("cannot watch exit events: {e:?}");
+        }
+    }
+}
+
+/// Forwards host stdin to the guest's serial console.
+struct ConsoleInput {
+    serial: Arc<Mutex<devices::legacy::serial::SerialDevice>>,
+}
+
+impl MutEventSubscriber for ConsoleInput {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let stdin = std::io::stdin();
+        let mut buf = [0u8; 64];
+        let room = devices::bus::lock(&self.serial).input_room().min(buf.len());
+        // SAFETY: `buf` is valid for `room` bytes and fd 0 stays open for the
+        // life of the process.
+        let n = unsafe { libc::read(stdin.as_raw_fd(), buf.as_mut_ptr().cast(), room.max(1)) };
+        if n <= 0 || events.event_set().contains(EventSet::HANG_UP) {
+            // EOF or error: stop watching stdin.
+            let _ = ops.remove(Events::new(&stdin, EventSet::IN));
+            return;
+        }
+        devices::bus::lock(&self.serial).enqueue_input(&buf[..n as usize]);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let stdin = std::io::stdin();
+        // Not every stdin can be polled (regular files, /dev/null): then
+        // there is simply no console input.
+        if ops.add(Events::new(&stdin, EventSet::IN)).is_err() {
+            log::debug!("stdin cannot be polled; no console input");
+        }
+    }
+}
+
+/// The VMM: configuration, the VM once started, the event loop.
+pub struct Vmm {
+    id: String,
+    config: VmConfig,
+    vm: Option<Vm>,
+    console: devices::legacy::serial::ConsoleSink,
+    console_input: bool,
+    api_rx: Option<Receiver<ApiRequest>>,
+    event_manager: EventManager<Subscriber>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .field("vm", &self.vm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vmm {
+    /// A VMM with `config`, writing the guest console to `console`.
+    pub fn new(
+        id: String,
+        config: VmConfig,
+        console: Box<dyn Write + Send>,
+        console_input: bool,
+    ) -> Result<Self, VmmError> {
+        let event_manager =
+            EventManager::new().map_err(|e| VmmError::EventManager(format!("{e:?}")))?;
+        Ok(Vmm {
+            id,
+            config,
+            vm: None,
+            console: Arc::new(Mutex::new(console)),
+            console_input,
+            api_rx: None,
+            event_manager,
+        })
+    }
+
+    /// Connects the API: actions arrive on `rx`, `wake` is written with each.
+    pub fn attach_api(&mut self, rx: Receiver<ApiRequest>, wake: Arc<EventFd>) {
+        self.api_rx = Some(rx);
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(Waker(wake))));
+    }
+
+    /// Builds and starts the VM from the current configuration.
+    pub fn start(&mut self) -> Result<(), VmmError> {
+        let (mut vm, reset_evt) = builder::build_microvm(&self.config, self.console.clone())?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(ExitWatcher {
+                reset: reset_evt,
+                exit: vm.exit.clone(),
+            })));
+        if self.console_input {
+            self.event_manager
+                .add_subscriber(Arc::new(Mutex::new(ConsoleInput {
+                    serial: vm.serial.clone(),
+                })));
+        }
+        vm.resume()?;
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.vm.as_ref().map(|v| v.state) {
+            None => "Not started",
+            Some(VmRunState::Running) => "Running",
+            Some(VmRunState::Paused) => "Paused",
+            Some(VmRunState::Exited) => "Exited",
+        }
+    }
+
+    fn not_after_start(&self, what: &str) -> Result<(), ActionError> {
+        if self.vm.is_some() {
+            return Err(ActionError::bad_request(format!(
+                "{what} cannot be changed after the microVM has started"
+            )));
+        }
+        Ok(())
+    }
+
+    fn running_vm(&mut self) -> Result<&mut Vm, ActionError> {
+        match &mut self.vm {
+            None => Err(ActionError::bad_request("the microVM has not been started")),
+            Some(vm) if vm.state == VmRunState::Exited => {
+                Err(ActionError::bad_request("the microVM has exited"))
+            }
+            Some(vm) => Ok(vm),
+        }
+    }
+
+    /// Carries out one API action.
+    pub fn handle_action(&mut self, action: VmmAction) -> ActionResult {
+        match action {
+            VmmAction::GetInstanceInfo => Ok(VmmData::Json(serde_json::json!({
+                "id": self.id,
+                "state": self.state_name(),
+                "vmm_version": env!("CARGO_PKG_VERSION"),
+                "app_name": "husk-vmm",
+            }))),
+            VmmAction::GetMachineConfig => Ok(VmmData::Json(
+                serde_json::to_value(&self.config.machine_config)
+                    .map_err(|e| ActionError::bad_request(e.to_string()))?,
+            )),
+            VmmAction::GetVmConfig => Ok(VmmData::Json(
+                serde_json::to_value(&self.config)
+                    .map_err(|e| ActionError::bad_request(e.to_string()))?,
+            )),
+            VmmAction::PutMachineConfig(m) => {
+                self.not_after_start("machine-config")?;
+                m.validate(config::host_mem_mib())
+                    .map_err(|e| ActionError::bad_request(e.to_string()))?;
+                self.config.machine_config = m;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutBootSource(b) => {
+                self.not_after_start("boot-source")?;
+                b.validate()
+                    .map_err(|e| ActionError::bad_request(e.to_string()))?;
+                self.config.boot_source = Some(b);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::InstanceStart => {
+                if self.vm.is_some() {
+                    return Err(ActionError::bad_request("the microVM is already started"));
+                }
+                self.start().map_err(|e| {
+                    ActionError::bad_request(format!("cannot start the microVM: {e}"))
+                })?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::SendCtrlAltDel => {
+                let vm = self.running_vm()?;
+                devices::bus::lock(&vm.i8042)
+                    .trigger_ctrl_alt_del()
+                    .map_err(|e| ActionError::bad_request(e.to_string()))?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::Pause => {
+                let vm = self.running_vm()?;
+                vm.pause()
+                    .map_err(|e| ActionError::bad_request(e.to_string()))?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::Resume => {
+                let vm = self.running_vm()?;
+                vm.resume()
+                    .map_err(|e| ActionError::bad_request(e.to_string()))?;
+                Ok(VmmData::Empty)
+            }
+        }
+    }
+
+    /// Runs the event loop until the guest stops; returns why.
+    pub fn run(&mut self) -> Result<ExitReason, VmmError> {
+        loop {
+            if let Some(vm) = &mut self.vm {
+                if let Some(reason) = vm.exit_reason() {
+                    vm.shut_down();
+                    devices::bus::lock(&vm.serial).flush_output();
+                    return Ok(reason);
+                }
+            }
+            self.event_manager
+                .run()
+                .map_err(|e| VmmError::EventManager(format!("{e:?}")))?;
+            if let Some(rx) = &self.api_rx {
+                let pending: Vec<ApiRequest> = rx.try_iter().collect();
+                for req in pending {
+                    let result = self.handle_action(req.action);
+                    // The client may have gone away; its answer is dropped.
+                    let _ = req.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Creates the eventfd the API thread writes to wake the VMM thread.
+pub fn api_eventfd() -> Result<Arc<EventFd>, VmmError> {
+    Ok(Arc::new(
+        EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?,
+    ))
+}

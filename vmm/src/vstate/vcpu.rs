@@ -1,0 +1,482 @@
+//! vCPU threads. Each vCPU runs on its own thread with an explicit state
+//! machine (Paused, Running, Exited) driven by [`VcpuEvent`]s on a channel;
+//! a real-time signal kicks the thread out of `KVM_RUN` so that it sees
+//! them. A vCPU only serves its own exits (port I/O and MMIO through the
+//! buses); anything that ends the VM is reported through an [`ExitSignal`].
+
+use std::cell::Cell;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::devices::Bus;
+use crate::logger::RateLimiter;
+
+/// Offset from SIGRTMIN of the signal that kicks vCPUs.
+const VCPU_KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// Why the VM stopped.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 reset or a KVM reset event).
+    Reset,
+    /// The guest powered the machine off.
+    PowerOff,
+    /// The guest kernel printed a panic and then reset.
+    GuestPanic,
+    /// A vCPU triple-faulted.
+    TripleFault {
+        /// vCPU index.
+        vcpu: u8,
+    },
+    /// KVM could not emulate a guest instruction.
+    InternalError {
+        /// vCPU index.
+        vcpu: u8,
+        /// KVM's suberror code.
+        suberror: u32,
+        /// Whether the host KVM is PVM.
+        pvm: bool,
+    },
+    /// KVM failed to enter the guest.
+    FailEntry {
+        /// vCPU index.
+        vcpu: u8,
+        /// Hardware reason.
+        hardware_reason: u64,
+    },
+    /// The guest reported a crash through a KVM system event.
+    Crash {
+        /// vCPU index.
+        vcpu: u8,
+    },
+    /// A KVM_RUN error.
+    RunError {
+        /// vCPU index.
+        vcpu: u8,
+        /// The error.
+        error: String,
+    },
+}
+
+impl ExitReason {
+    /// Process exit code for this reason.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Reset | ExitReason::PowerOff => crate::EXIT_OK,
+            ExitReason::GuestPanic => crate::EXIT_GUEST_PANIC,
+            ExitReason::TripleFault { .. } => crate::EXIT_TRIPLE_FAULT,
+            ExitReason::InternalError { .. } => crate::EXIT_INTERNAL_ERROR,
+            ExitReason::FailEntry { .. } | ExitReason::Crash { .. } => crate::EXIT_GUEST_CRASH,
+            ExitReason::RunError { .. } => crate::EXIT_VMM_ERROR,
+        }
+    }
+
+    /// Whether this is an orderly end of the guest.
+    pub fn is_clean(&self) -> bool {
+        self.exit_code() == crate::EXIT_OK
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Reset => write!(f, "guest reset the machine"),
+            ExitReason::PowerOff => write!(f, "guest powered off"),
+            ExitReason::GuestPanic => write!(f, "guest kernel panicked"),
+            ExitReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
+            ExitReason::InternalError {
+                vcpu,
+                suberror,
+                pvm,
+            } => {
+                write!(
+                    f,
+                    "vCPU {vcpu}: KVM internal error (suberror {suberror}): \
+                     a guest instruction could not be emulated"
+                )?;
+                if *pvm {
+                    write!(
+                        f,
+                        "; this host's KVM is PVM, which runs only PVM-enlightened \
+                         guest kernels natively and emulates everything else"
+                    )?;
+                }
+                Ok(())
+            }
+            ExitReason::FailEntry {
+                vcpu,
+                hardware_reason,
+            } => write!(
+                f,
+                "vCPU {vcpu}: KVM failed to enter the guest (hardware reason {hardware_reason:#x})"
+            ),
+            ExitReason::Crash { vcpu } => write!(f, "vCPU {vcpu}: guest reported a crash"),
+            ExitReason::RunError { vcpu, error } => {
+                write!(f, "vCPU {vcpu}: KVM_RUN failed: {error}")
+            }
+        }
+    }
+}
+
+/// Where vCPUs (and the reset line) report the end of the VM. The first
+/// reason reported wins.
+#[derive(Debug)]
+pub struct ExitSignal {
+    evt: EventFd,
+    reason: Mutex<Option<ExitReason>>,
+}
+
+impl ExitSignal {
+    /// A new signal with its eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitSignal {
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            reason: Mutex::new(None),
+        })
+    }
+
+    /// Records `reason` (unless one is already recorded) and wakes the VMM thread.
+    pub fn report(&self, reason: ExitReason) {
+        let mut r = crate::devices::bus::lock(&self.reason);
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        // The eventfd counter cannot overflow with one write per exit.
+        let _ = self.evt.write(1);
+    }
+
+    /// The recorded reason, if any.
+    pub fn reason(&self) -> Option<ExitReason> {
+        crate::devices::bus::lock(&self.reason).clone()
+    }
+
+    /// The eventfd the VMM thread polls.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// Requests to a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Stop running guest code.
+    Pause,
+    /// Run guest code.
+    Resume,
+    /// End the thread.
+    Finish,
+}
+
+/// Answers from a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuResponse {
+    /// The vCPU is paused.
+    Paused,
+    /// The vCPU is running.
+    Resumed,
+    /// The vCPU has stopped for good (its exit was reported).
+    Exited,
+}
+
+/// Errors while controlling vCPU threads.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// The thread could not be started.
+    #[error("cannot start vCPU thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The thread did not answer in time.
+    #[error("vCPU {0} did not answer")]
+    NoResponse(u8),
+    /// The thread answered something unexpected.
+    #[error("vCPU {id} answered {got:?} to {sent:?}")]
+    Unexpected {
+        /// vCPU index.
+        id: u8,
+        /// The request.
+        sent: VcpuEvent,
+        /// The answer.
+        got: VcpuResponse,
+    },
+}
+
+/// Life-cycle state of one vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VcpuState {
+    Paused,
+    Running,
+    Exited,
+}
+
+thread_local! {
+    /// This thread's `kvm_run` area, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|run| {
+        let ptr = run.get();
+        if !ptr.is_null() {
+            // SAFETY: the pointer was set by this thread's vCPU loop to its own
+            // kvm_run mapping, which outlives the loop (the VcpuFd is owned by the
+            // same stack frame and the pointer is cleared before it is dropped).
+            // A volatile byte store is async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*ptr).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick signal handler (once per process).
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET, kick_handler)
+        .map_err(VcpuError::Signal)
+}
+
+/// What a vCPU needs to run.
+#[derive(Debug)]
+pub struct Vcpu {
+    /// vCPU index (also its APIC ID).
+    pub id: u8,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: Arc<ExitSignal>,
+    pvm: bool,
+}
+
+enum Step {
+    Continue,
+    Interrupted,
+    Stop(ExitReason),
+}
+
+impl Vcpu {
+    /// Wraps a configured vCPU.
+    pub fn new(
+        id: u8,
+        fd: VcpuFd,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitSignal>,
+        pvm: bool,
+    ) -> Self {
+        Vcpu {
+            id,
+            fd,
+            pio,
+            mmio,
+            exit,
+            pvm,
+        }
+    }
+
+    fn run_once(&mut self, unhandled: &mut RateLimiter) -> Step {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoOut(port, data) => {
+                    self.pio.write(u64::from(port), data);
+                    Step::Continue
+                }
+                VcpuExit::IoIn(port, data) => {
+                    self.pio.read(u64::from(port), data);
+                    Step::Continue
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if !self.mmio.read(addr, data) && unhandled.allow() {
+                        log::warn!("vCPU {id}: MMIO read of unmapped address {addr:#x}");
+                    }
+                    Step::Continue
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    if !self.mmio.write(addr, data) && unhandled.allow() {
+                        log::warn!("vCPU {id}: MMIO write to unmapped address {addr:#x}");
+                    }
+                    Step::Continue
+                }
+                VcpuExit::Hlt => Step::Continue,
+                VcpuExit::Shutdown => Step::Stop(ExitReason::TripleFault { vcpu: id }),
+                VcpuExit::FailEntry(hardware_reason, _) => Step::Stop(ExitReason::FailEntry {
+                    vcpu: id,
+                    hardware_reason,
+                }),
+                VcpuExit::InternalError => {
+                    let run = self.fd.get_kvm_run();
+                    // SAFETY: KVM filled the `internal` member of the exit union
+                    // because the exit reason is KVM_EXIT_INTERNAL_ERROR.
+                    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                    Step::Stop(ExitReason::InternalError {
+                        vcpu: id,
+                        suberror,
+                        pvm: self.pvm,
+                    })
+                }
+                VcpuExit::SystemEvent(kind, _) => match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Step::Stop(ExitReason::PowerOff),
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => Step::Stop(ExitReason::Reset),
+                    _ => Step::Stop(ExitReason::Crash { vcpu: id }),
+                },
+                VcpuExit::Intr => Step::Interrupted,
+                other => {
+                    if unhandled.allow() {
+                        log::warn!("vCPU {id}: unexpected exit {other:?}");
+                    }
+                    Step::Continue
+                }
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
+            Err(e) => Step::Stop(ExitReason::RunError {
+                vcpu: id,
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn thread_main(mut self, events: Receiver<VcpuEvent>, responses: Sender<VcpuResponse>) {
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run_ptr));
+        let mut unhandled = RateLimiter::new(10, Duration::from_secs(5));
+        let mut state = VcpuState::Paused;
+        loop {
+            match state {
+                VcpuState::Paused | VcpuState::Exited => {
+                    let Ok(event) = events.recv() else { break };
+                    let reply = match (state, event) {
+                        (_, VcpuEvent::Finish) => break,
+                        (VcpuState::Exited, _) => VcpuResponse::Exited,
+                        (_, VcpuEvent::Pause) => VcpuResponse::Paused,
+                        (_, VcpuEvent::Resume) => {
+                            state = VcpuState::Running;
+                            VcpuResponse::Resumed
+                        }
+                    };
+                    if responses.send(reply).is_err() {
+                        break;
+                    }
+                }
+                VcpuState::Running => {
+                    match events.try_recv() {
+                        Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => break,
+                        Ok(VcpuEvent::Pause) => {
+                            state = VcpuState::Paused;
+                            if responses.send(VcpuResponse::Paused).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Ok(VcpuEvent::Resume) => {
+                            if responses.send(VcpuResponse::Resumed).is_err() {
+                                break;
+                            }
+                        }
+                        Err(TryRecvError::Empty) => {}
+                    }
+                    match self.run_once(&mut unhandled) {
+                        Step::Continue => {}
+                        Step::Interrupted => self.fd.set_kvm_immediate_exit(0),
+                        Step::Stop(reason) => {
+                            self.exit.report(reason);
+                            state = VcpuState::Exited;
+                        }
+                    }
+                }
+            }
+        }
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    }
+
+    /// Starts the vCPU thread, paused.
+    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        let (event_tx, event_rx) = channel();
+        let (resp_tx, resp_rx) = channel();
+        let id = self.id;
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || self.thread_main(event_rx, resp_tx))
+            .map_err(VcpuError::Spawn)?;
+        Ok(VcpuHandle {
+            id,
+            events: event_tx,
+            responses: resp_rx,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The VMM thread's end of a vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    id: u8,
+    events: Sender<VcpuEvent>,
+    responses: Receiver<VcpuResponse>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long the VMM waits for a vCPU to answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl VcpuHandle {
+    /// Sends `event` and kicks the thread out of KVM_RUN.
+    pub fn send(&self, event: VcpuEvent) -> Result<(), VcpuError> {
+        self.events
+            .send(event)
+            .map_err(|_| VcpuError::NoResponse(self.id))?;
+        if let Some(t) = &self.thread {
+            // The thread may already have ended; nothing to kick then.
+            let _ = t.kill(SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET);
+        }
+        Ok(())
+    }
+
+    /// Waits for the answer to the last request.
+    pub fn response(&self) -> Result<VcpuResponse, VcpuError> {
+        self.responses
+            .recv_timeout(RESPONSE_TIMEOUT)
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected => {
+                    VcpuError::NoResponse(self.id)
+                }
+            })
+    }
+
+    /// Sends `event` and checks the answer is `expected` (or Exited).
+    pub fn request(&self, event: VcpuEvent, expected: VcpuResponse) -> Result<(), VcpuError> {
+        self.send(event)?;
+        match self.response()? {
+            r if r == expected || r == VcpuResponse::Exited => Ok(()),
+            got => Err(VcpuError::Unexpected {
+                id: self.id,
+                sent: event,
+                got,
+            }),
+        }
+    }
+
+    /// Ends the thread and waits for it (bounded by the kick: a vCPU blocked
+    /// in KVM_RUN returns on the signal).
+    pub fn finish(&mut self) {
+        let _ = self.send(VcpuEvent::Finish);
+        if let Some(t) = self.thread.take() {
+            let deadline = std::time::Instant::now() + RESPONSE_TIMEOUT;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                let _ = t.kill(SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::error!("vCPU {} did not stop; leaving it to process exit", self.id);
+            }
+        }
+    }
+}
