@@ -15,6 +15,7 @@
  *   e820 <addr> <size> <type>
  *   initrd <addr> <size> fnv=<fnv1a-32 of the initrd bytes>
  *   cpus=<processor entries in the MP table>
+ *   cpuid <leaf 1 ECX> <leaf 1 EBX>
  *   HUSK-TEST-GUEST-OK
  */
         .intel_syntax noprefix
@@ -245,6 +246,22 @@ main64:
         call    put_dec
         call    newline
 
+        /* ---- CPUID leaf 1 ECX and EBX (APIC ID, logical count) as the BSP sees them */
+        lea     rdi, [rip + s_cpuid]
+        call    puts
+        mov     eax, 1
+        xor     ecx, ecx
+        cpuid
+        mov     edi, ecx
+        call    put_hex
+        call    space
+        mov     eax, 1
+        xor     ecx, ecx
+        cpuid
+        mov     edi, ebx
+        call    put_hex
+        call    newline
+
         lea     rdi, [rip + s_ok]
         call    puts
 
@@ -459,6 +476,7 @@ s_e820:         .asciz "e820 "
 s_initrd:       .asciz "initrd "
 s_fnv:          .asciz " fnv="
 s_cpus:         .asciz "cpus="
+s_cpuid:        .asciz "cpuid "
 s_ok:           .asciz "HUSK-TEST-GUEST-OK\n"
 s_tick:         .asciz "tick "
 s_key:          .asciz "key "

@@ -28,6 +28,8 @@ pub struct Report {
     pub initrd: (u64, u64, u32),
     /// Processors in the MP table.
     pub cpus: u32,
+    /// CPUID leaf 1 (ECX, EBX) on the boot vCPU.
+    pub cpuid1: (u32, u32),
     /// Whether the completion marker was printed.
     pub complete: bool,
 }
@@ -56,6 +58,11 @@ pub fn parse(output: &str) -> Report {
                 let fnv = f[2].trim_start_matches("fnv=");
                 r.initrd = (hex(f[0]), hex(f[1]), hex(fnv) as u32);
             }
+        } else if let Some(v) = line.strip_prefix("cpuid ") {
+            let f: Vec<&str> = v.split_whitespace().collect();
+            if f.len() == 2 {
+                r.cpuid1 = (hex(f[0]) as u32, hex(f[1]) as u32);
+            }
         } else if let Some(v) = line.strip_prefix("cpus=") {
             r.cpus = v.trim().parse().unwrap_or(0);
         } else if line.trim() == MARKER {
@@ -79,13 +86,14 @@ mod tests {
     #[test]
     fn parses_report() {
         let r = parse(
-            "HUSK-TEST-GUEST boot=pvh\ncmdline=a b\ne820 0x0 0x9fc00 1\ninitrd 0x10 0x20 fnv=0xabc\ncpus=2\nHUSK-TEST-GUEST-OK\n",
+            "HUSK-TEST-GUEST boot=pvh\ncmdline=a b\ne820 0x0 0x9fc00 1\ninitrd 0x10 0x20 fnv=0xabc\ncpus=2\ncpuid 0x80000000 0x20800\nHUSK-TEST-GUEST-OK\n",
         );
         assert_eq!(r.boot, "pvh");
         assert_eq!(r.cmdline, "a b");
         assert_eq!(r.e820, vec![(0, 0x9fc00, 1)]);
         assert_eq!(r.initrd, (0x10, 0x20, 0xabc));
         assert_eq!(r.cpus, 2);
+        assert_eq!(r.cpuid1, (0x8000_0000, 0x20800));
         assert!(r.complete);
     }
 

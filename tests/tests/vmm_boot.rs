@@ -98,9 +98,14 @@ fn two_vcpus_in_mp_table() {
         let (code, r, err) = boot(&kernel, None, "action=reset", 2, 64);
         assert_eq!(code, 0, "stderr: {err}");
         assert_eq!(r.cpus, 2, "{r:?}");
+        // CPUID as the VMM set it: logical processor count, BSP APIC ID 0,
+        // hypervisor bit.
+        assert_eq!((r.cpuid1.1 >> 16) & 0xff, 2, "{r:?}");
+        assert_eq!(r.cpuid1.1 >> 24, 0, "{r:?}");
+        assert_ne!(r.cpuid1.0 & (1 << 31), 0, "{r:?}");
     }
     let (code, r, _) = boot(&guest::pvh(), None, "action=reset", 4, 64);
-    assert_eq!((code, r.cpus), (0, 4));
+    assert_eq!((code, r.cpus, (r.cpuid1.1 >> 16) & 0xff), (0, 4, 4));
 }
 
 #[test]

@@ -197,9 +197,6 @@ pub fn build_microvm(
             .map_err(kvm_err("create a vCPU"))?;
         let mut cpuid = base_cpuid.clone();
         cpuid::patch_cpuid(&mut cpuid, id, vcpu_count);
-        if host == HostKvm::Pvm {
-            cpuid::hide_pvm_unemulated(&mut cpuid);
-        }
         fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
         if id == 0 {
             regs::setup_vcpu_regs(&fd, &mem, entry.mode, entry.addr)?;

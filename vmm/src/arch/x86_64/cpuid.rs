@@ -64,45 +64,6 @@ fn patch_entry(entry: &mut kvm_cpuid_entry2, vcpu_id: u8, vcpu_count: u8) {
     }
 }
 
-// Features a PVM host's instruction emulator cannot execute for an
-// unenlightened guest; hidden so that the guest kernel picks the fallbacks
-// (software popcount, no cmpxchg16b in SLUB, FXSAVE instead of XSAVE, no
-// SMAP stac/clac).
-const LEAF1_ECX_PVM_HIDDEN: u32 = (1 << 12) // FMA
-    | (1 << 13) // CX16
-    | (1 << 22) // MOVBE
-    | (1 << 23) // POPCNT
-    | (1 << 26) // XSAVE
-    | (1 << 27) // OSXSAVE
-    | (1 << 28) // AVX
-    | (1 << 29); // F16C
-const LEAF7_EBX_PVM_HIDDEN: u32 = (1 << 5) // AVX2
-    | (1 << 16) // AVX512F
-    | (1 << 20); // SMAP
-
-fn hide_for_pvm(entry: &mut kvm_cpuid_entry2) {
-    match (entry.function, entry.index) {
-        (0x1, _) => entry.ecx &= !LEAF1_ECX_PVM_HIDDEN,
-        (0x7, 0) => entry.ebx &= !LEAF7_EBX_PVM_HIDDEN,
-        (0xd, _) => {
-            // No XSAVE state components.
-            entry.eax = 0;
-            entry.ebx = 0;
-            entry.ecx = 0;
-            entry.edx = 0;
-        }
-        _ => {}
-    }
-}
-
-/// Hides the CPU features that a PVM host's instruction emulator cannot run
-/// for unenlightened guests (see docs/DESIGN.md, "PVM hosts").
-pub fn hide_pvm_unemulated(cpuid: &mut CpuId) {
-    for entry in cpuid.as_mut_slice() {
-        hide_for_pvm(entry);
-    }
-}
-
 /// Adjusts a CPUID table (from `KVM_GET_SUPPORTED_CPUID`) for one vCPU.
 pub fn patch_cpuid(cpuid: &mut CpuId, vcpu_id: u8, vcpu_count: u8) {
     for entry in cpuid.as_mut_slice() {
@@ -154,22 +115,6 @@ mod tests {
         e.eax = 0x0703_0004;
         patch_entry(&mut e, 0, 1);
         assert_eq!((e.eax, e.ebx, e.ecx, e.edx), (0, 0, 0, 0));
-    }
-
-    #[test]
-    fn pvm_hides_unemulated_features() {
-        let mut e = entry(1, 0);
-        e.ecx = 0xffff_ffff;
-        hide_for_pvm(&mut e);
-        assert_eq!(e.ecx & (1 << 23), 0, "popcnt");
-        assert_eq!(e.ecx & (1 << 13), 0, "cx16");
-        assert_eq!(e.ecx & (1 << 26), 0, "xsave");
-        assert_ne!(e.ecx & (1 << 31), 0, "others kept");
-        let mut e = entry(7, 0);
-        e.ebx = 0xffff_ffff;
-        hide_for_pvm(&mut e);
-        assert_eq!(e.ebx & (1 << 20), 0, "smap");
-        assert_ne!(e.ebx & 1, 0);
     }
 
     #[test]
