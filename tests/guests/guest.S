@@ -4,7 +4,8 @@
  * %ebx = hvm_start_info) or through the Linux 64-bit boot protocol
  * (%rsi = boot_params, long mode set up by the VMM), prints what the VMM
  * handed it to COM1 and then performs the action named on its command line
- * (`action=reset|halt|ticks|triple|emulfail|kbd`, default reset).
+ * (`action=reset|halt|ticks|triple|emulfail|kbd`, default reset). With
+ * `quiet` on the command line it prints only the marker line and resets.
  *
  * Only plain integer instructions are used: on a PVM host every instruction
  * of a non-enlightened guest goes through KVM's instruction emulator.
@@ -48,17 +49,65 @@ pvh_start32:
         mov     esp, offset stack_top
         mov     ebp, ebx                /* hvm_start_info */
 
-        /* Zero pml4, pdpt and 4 page directories (6 pages). */
-        mov     edi, offset pml4
+        /*
+         * `quiet`: print the marker and reset straight from 32-bit mode, as
+         * the minimal guests of the reference boot figures do (switching to
+         * long mode is costly where the guest runs in an emulator).
+         */
+        cmp     dword ptr [ebp], PVH_MAGIC
+        jne     9f
+        mov     esi, dword ptr [ebp + 24]       /* cmdline_paddr (low) */
+        test    esi, esi
+        jz      9f
+6:      cmp     byte ptr [esi], 0
+        je      9f
+        cmp     dword ptr [esi], 0x65697571     /* "quie" */
+        jne     7f
+        cmp     byte ptr [esi + 4], 't'
+        je      8f
+7:      inc     esi
+        jmp     6b
+8:      mov     esi, offset s_ok
+        mov     dx, COM1
+1:      mov     al, byte ptr [esi]
+        test    al, al
+        jz      2f
+        out     dx, al
+        inc     esi
+        jmp     1b
+2:      mov     al, 0xfe
+        out     0x64, al
         xor     eax, eax
-        mov     ecx, 6 * 1024
+        out     0xf4, al
+3:      hlt
+        jmp     3b
+9:
+
+        /*
+         * Identity-map the first 4 GiB. The VMM hands over zeroed memory, so
+         * only the entries used are written. With 1 GiB pages (CPUID
+         * 0x80000001 EDX bit 26) that is four PDPT entries; without, four
+         * page directories of 2 MiB pages. Every instruction here may be
+         * emulated, so the short path matters for boot time.
+         */
+        mov     dword ptr [pml4], offset pdpt + 3
+        mov     eax, 0x80000001
+        cpuid
+        test    edx, 1 << 26
+        jz      4f
+        mov     edi, offset pdpt
+        mov     eax, 0x83
+        xor     edx, edx
+        mov     ecx, 4
 1:      mov     [edi], eax
-        add     edi, 4
+        mov     [edi + 4], edx
+        add     eax, 0x40000000
+        adc     edx, 0
+        add     edi, 8
         dec     ecx
         jnz     1b
-
-        mov     dword ptr [pml4], offset pdpt + 3
-        mov     edi, offset pdpt
+        jmp     5f
+4:      mov     edi, offset pdpt
         mov     eax, offset pd + 3
         mov     ecx, 4
 2:      mov     [edi], eax
@@ -66,8 +115,6 @@ pvh_start32:
         add     edi, 8
         dec     ecx
         jnz     2b
-
-        /* Identity-map 4 GiB with 2 MiB pages. */
         mov     edi, offset pd
         mov     eax, 0x83
         xor     edx, edx
@@ -79,7 +126,7 @@ pvh_start32:
         add     edi, 8
         dec     ecx
         jnz     3b
-
+5:
         mov     eax, cr4
         or      eax, 0x20               /* PAE */
         mov     cr4, eax
@@ -113,6 +160,24 @@ pvh_long:
 main64:
         mov     r12, rdi
         mov     r13d, esi
+
+        /* `quiet` on the command line: print only the marker (benchmarks). */
+        test    r13d, r13d
+        jnz     1f
+        mov     r14d, dword ptr [r12 + 0x228]
+        jmp     2f
+1:      mov     r14, [r12 + 24]
+2:      test    r14, r14
+        jz      3f
+        mov     rdi, r14
+        lea     rsi, [rip + s_quiet]
+        call    strstr
+        test    rax, rax
+        jz      3f
+        lea     rdi, [rip + s_ok]
+        call    puts
+        jmp     do_reset
+3:
 
         lea     rdi, [rip + s_banner]
         call    puts
@@ -481,6 +546,7 @@ s_ok:           .asciz "HUSK-TEST-GUEST-OK\n"
 s_tick:         .asciz "tick "
 s_key:          .asciz "key "
 s_emul_ran:     .asciz "emulfail-instruction-ran\n"
+s_quiet:        .asciz "quiet"
 s_act_halt:     .asciz "action=halt"
 s_act_ticks:    .asciz "action=ticks"
 s_act_triple:   .asciz "action=triple"

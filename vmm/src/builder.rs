@@ -105,6 +105,31 @@ pub struct Vm {
     _kvm: Kvm,
 }
 
+/// Joins the memory registration thread, also when the build fails early
+/// (guest memory must not be unmapped while KVM may still be using it).
+struct JoinGuard(Option<std::thread::JoinHandle<Result<(), MemoryError>>>);
+
+impl JoinGuard {
+    fn join(mut self) -> Result<(), MemoryError> {
+        self.0.take().map_or(Ok(()), |h| {
+            h.join().unwrap_or_else(|_| {
+                Err(MemoryError::Allocate {
+                    size_mib: 0,
+                    reason: "memory registration thread panicked".into(),
+                })
+            })
+        })
+    }
+}
+
+impl Drop for JoinGuard {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 const LAPIC_LVT_LINT0: usize = 0x350;
 const LAPIC_LVT_LINT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
@@ -149,7 +174,12 @@ pub fn build_microvm(
 
     // 2. Guest memory.
     let mem = memory::create_guest_memory(machine.mem_size_bytes())?;
-    memory::register_with_kvm(&vm_fd, &mem)?;
+    // SAFETY: `mem` is kept alive as long as the VM: it is joined below before
+    // any use, and moved into the returned `Vm` next to the VM fd; on an
+    // early error return the thread is joined by `JoinGuard` first.
+    let registration = JoinGuard(Some(unsafe {
+        memory::register_with_kvm_in_background(vm_fd.clone(), memory::kvm_regions(&mem))
+    }));
 
     // 3. Kernel, initrd, command line, boot information.
     let (loaded, entry) = boot::load_kernel(&mem, &boot_source.kernel_image_path)?;
@@ -214,6 +244,8 @@ pub fn build_microvm(
             host == HostKvm::Pvm,
         ));
     }
+
+    registration.join()?;
 
     // 7. Threads, paused.
     crate::vstate::vcpu::install_kick_handler()?;

@@ -184,6 +184,8 @@ pub enum VcpuResponse {
     Resumed,
     /// The vCPU has stopped for good (its exit was reported).
     Exited,
+    /// The thread is ending (answer to Finish).
+    Finished,
 }
 
 /// Errors while controlling vCPU threads.
@@ -393,6 +395,7 @@ impl Vcpu {
             }
         }
         KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+        let _ = responses.send(VcpuResponse::Finished);
     }
 
     /// Starts the vCPU thread, paused.
@@ -462,21 +465,32 @@ impl VcpuHandle {
         }
     }
 
-    /// Ends the thread and waits for it (bounded by the kick: a vCPU blocked
-    /// in KVM_RUN returns on the signal).
+    /// Ends the thread and waits for it. A vCPU blocked in KVM_RUN (an
+    /// application processor still waiting for SIPI, say) returns on the
+    /// kick; one that does not answer in time is left to the process exit.
     pub fn finish(&mut self) {
-        let _ = self.send(VcpuEvent::Finish);
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else { return };
+        if self.events.send(VcpuEvent::Finish).is_ok() {
+            let _ = t.kill(SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET);
             let deadline = std::time::Instant::now() + RESPONSE_TIMEOUT;
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                let _ = t.kill(SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                log::error!("vCPU {} did not stop; leaving it to process exit", self.id);
+            loop {
+                match self.responses.recv_timeout(Duration::from_millis(10)) {
+                    Ok(VcpuResponse::Finished) | Err(RecvTimeoutError::Disconnected) => break,
+                    Ok(_) => {}
+                    Err(RecvTimeoutError::Timeout) => {
+                        if std::time::Instant::now() > deadline {
+                            log::error!(
+                                "vCPU {} did not stop; leaving it to process exit",
+                                self.id
+                            );
+                            return;
+                        }
+                        // The kick may have raced with a state change: again.
+                        let _ = t.kill(SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET);
+                    }
+                }
             }
         }
+        let _ = t.join();
     }
 }
