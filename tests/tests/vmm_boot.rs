@@ -195,8 +195,12 @@ fn configuration_errors_are_one_clear_line() {
             "boot-source",
         ),
         (
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"/tmp/v"}}"#.into(),
+            "not implemented: vsock",
+        ),
+        (
             r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#.into(),
-            "not implemented: drives",
+            "path_on_host",
         ),
     ];
     for (config, needle) in cases {

@@ -19,9 +19,12 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::{cpuid, mptable, regs};
 use crate::boot::{self, BootError, EntryPoint};
 use crate::config::{ConfigError, VmConfig};
+use crate::device_manager::{DeviceManagerError, MmioDeviceManager, Subscriber};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{self, I8042Device};
 use crate::devices::legacy::serial::{self, ConsoleOut, ConsoleSink, SerialDevice};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::{Bus, BusError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{ExitReason, ExitSignal, Vcpu, VcpuError, VcpuHandle};
@@ -54,6 +57,15 @@ pub enum BuildError {
     /// Creating or starting a vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A virtio device could not be placed.
+    #[error(transparent)]
+    DeviceManager(#[from] DeviceManagerError),
+    /// A block device could not be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The entropy device could not be created.
+    #[error(transparent)]
+    Rng(#[from] RngError),
     /// A vCPU ioctl failed.
     #[error("cannot {what}: {source}")]
     Kvm {
@@ -80,7 +92,6 @@ pub enum VmRunState {
 }
 
 /// A built VM: the KVM objects, memory, devices and vCPU threads.
-#[derive(Debug)]
 pub struct Vm {
     /// Host KVM flavour.
     pub host: HostKvm,
@@ -100,9 +111,23 @@ pub struct Vm {
     pub state: VmRunState,
     /// Entry point used.
     pub entry: EntryPoint,
+    /// virtio devices, to be served by the event loop.
+    pub devices: Vec<Subscriber>,
     // Dropped last: the VM fd and /dev/kvm.
     _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("host", &self.host)
+            .field("state", &self.state)
+            .field("entry", &self.entry)
+            .field("vcpus", &self.vcpus.len())
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Joins the memory registration thread, also when the build fails early
@@ -128,6 +153,45 @@ impl Drop for JoinGuard {
             let _ = h.join();
         }
     }
+}
+
+/// Creates the configured virtio devices: drives (the root drive first, so
+/// that it is `/dev/vda`), then the entropy device.
+fn attach_virtio_devices(
+    config: &VmConfig,
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    bus: &mut Bus,
+    cmdline: &mut linux_loader::cmdline::Cmdline,
+    manager: &mut MmioDeviceManager,
+) -> Result<(), BuildError> {
+    let mut drives: Vec<_> = config.drives.iter().collect();
+    drives.sort_by_key(|d| !d.is_root_device);
+    if let Some(root) = drives.first().filter(|d| d.is_root_device) {
+        let args = config
+            .boot_source
+            .as_ref()
+            .map(|b| b.boot_args())
+            .unwrap_or_default();
+        if !args.split_whitespace().any(|a| a.starts_with("root=")) {
+            let root_arg = match &root.partuuid {
+                Some(uuid) => format!("root=PARTUUID={uuid}"),
+                None => "root=/dev/vda".to_string(),
+            };
+            let mode = if root.is_read_only { "ro" } else { "rw" };
+            cmdline
+                .insert_str(format!("{root_arg} {mode}"))
+                .map_err(|e| BootError::Cmdline(e.to_string()))?;
+        }
+    }
+    for d in drives {
+        let block = Arc::new(Mutex::new(Block::new(d)?));
+        manager.add(vm_fd, mem, bus, cmdline, block)?;
+    }
+    if config.entropy.is_some() {
+        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(Rng::new()?)))?;
+    }
+    Ok(())
 }
 
 const LAPIC_LVT_LINT0: usize = 0x350;
@@ -187,7 +251,19 @@ pub fn build_microvm(
         Some(p) => Some(boot::load_initrd(&mem, p, loaded.kernel_end)?),
         None => None,
     };
-    let cmdline = boot::build_cmdline(boot_source.boot_args())?;
+    let mut cmdline = boot::build_cmdline(boot_source.boot_args())?;
+
+    // Devices on the MMIO bus, declared on the command line.
+    let mut mmio = Bus::new();
+    let mut device_manager = MmioDeviceManager::new();
+    attach_virtio_devices(
+        config,
+        &vm_fd,
+        &mem,
+        &mut mmio,
+        &mut cmdline,
+        &mut device_manager,
+    )?;
     boot::configure_boot(&mem, entry, &loaded, &cmdline, initrd)?;
 
     // 4. MP table.
@@ -213,7 +289,7 @@ pub fn build_microvm(
     pio.insert(serial.clone(), serial::COM1_BASE, serial::COM1_LEN)?;
     pio.insert(i8042.clone(), i8042::DATA_PORT, 5)?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
+    let mmio = Arc::new(mmio);
 
     // 6. vCPUs.
     let kvm_err = |what| move |source| BuildError::Kvm { what, source };
@@ -279,6 +355,7 @@ pub fn build_microvm(
         vcpus: handles,
         state: VmRunState::Paused,
         entry,
+        devices: device_manager.subscribers,
         _vm_fd: vm_fd,
         _kvm: kvm,
     };

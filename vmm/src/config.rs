@@ -63,7 +63,25 @@ pub enum ConfigError {
     /// No boot source was configured.
     #[error("boot-source is missing")]
     MissingBootSource,
+    /// A drive ID is empty, too long or has odd characters.
+    #[error("drives[].drive_id {0:?} must be 1-20 characters of [A-Za-z0-9_-]")]
+    DriveId(String),
+    /// Two drives share an ID.
+    #[error("drives: drive_id {0:?} is used twice")]
+    DuplicateDrive(String),
+    /// More than one root device.
+    #[error("drives: more than one drive has is_root_device = true")]
+    SeveralRoots,
+    /// Too many drives.
+    #[error("drives: {0} drives, at most {MAX_DRIVES} are supported")]
+    TooManyDrives(usize),
+    /// A field has a value outside its set.
+    #[error("{0} has an unsupported value")]
+    BadValue(&'static str),
 }
+
+/// Most drives one VM may have (interrupt lines are shared with other devices).
+pub const MAX_DRIVES: usize = 16;
 
 /// `boot-source`: the kernel, initrd and command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -162,6 +180,76 @@ impl MachineConfig {
     }
 }
 
+/// Longest drive ID (the virtio-blk serial is 20 bytes).
+pub const MAX_DRIVE_ID_LEN: usize = 20;
+
+/// One entry of `drives`: a virtio-blk device backed by a file.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Unique name; the guest sees it as the disk's serial (`GET_ID`).
+    pub drive_id: String,
+    /// Raw image: a regular file or a block device.
+    pub path_on_host: PathBuf,
+    /// Whether the kernel mounts it as `/` (`root=/dev/vda`).
+    pub is_root_device: bool,
+    /// Writes fail with an I/O error.
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// Root partition UUID, for a partitioned root device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// `Unsafe` or `Writeback`: husk-vmm always honours flushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<String>,
+    /// `Sync` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<String>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+impl DriveConfig {
+    /// Checks the fields that can be checked without opening the file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id = &self.drive_id;
+        if id.is_empty()
+            || id.len() > MAX_DRIVE_ID_LEN
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::DriveId(id.clone()));
+        }
+        if self.path_on_host.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("drives[].path_on_host"));
+        }
+        match self.cache_type.as_deref() {
+            None | Some("Unsafe") | Some("Writeback") => {}
+            Some(_) => return Err(ConfigError::BadValue("drives[].cache_type")),
+        }
+        match self.io_engine.as_deref() {
+            None | Some("Sync") => {}
+            Some("Async") => return Err(ConfigError::NotImplemented("drives[].io_engine = Async")),
+            Some(_) => return Err(ConfigError::BadValue("drives[].io_engine")),
+        }
+        if self.rate_limiter.is_some() {
+            return Err(ConfigError::NotImplemented("drives[].rate_limiter"));
+        }
+        Ok(())
+    }
+}
+
+/// `entropy`: a virtio-rng device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
 /// The whole configuration file (`--config-file`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -176,9 +264,12 @@ pub struct VmConfig {
     /// vCPUs and memory.
     #[serde(rename = "machine-config", default)]
     pub machine_config: MachineConfig,
-    /// Block devices: accepted by the schema, refused until implemented.
+    /// Block devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drives: Vec<serde_json::Value>,
+    pub drives: Vec<DriveConfig>,
+    /// Entropy device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyConfig>,
     /// Network interfaces: accepted by the schema, refused until implemented.
     #[serde(
         rename = "network-interfaces",
@@ -213,8 +304,24 @@ impl VmConfig {
             .ok_or(ConfigError::MissingBootSource)?
             .validate()?;
         self.machine_config.validate(host_mem_mib)?;
-        if !self.drives.is_empty() {
-            return Err(ConfigError::NotImplemented("drives"));
+        let mut roots = 0;
+        for (i, d) in self.drives.iter().enumerate() {
+            d.validate()?;
+            if self.drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
+                return Err(ConfigError::DuplicateDrive(d.drive_id.clone()));
+            }
+            roots += usize::from(d.is_root_device);
+        }
+        if roots > 1 {
+            return Err(ConfigError::SeveralRoots);
+        }
+        if self.drives.len() > MAX_DRIVES {
+            return Err(ConfigError::TooManyDrives(self.drives.len()));
+        }
+        if let Some(e) = &self.entropy {
+            if e.rate_limiter.is_some() {
+                return Err(ConfigError::NotImplemented("entropy.rate_limiter"));
+            }
         }
         if !self.network_interfaces.is_empty() {
             return Err(ConfigError::NotImplemented("network-interfaces"));
@@ -333,10 +440,73 @@ mod tests {
     #[test]
     fn devices_not_yet_supported() {
         let cfg =
-            parse(r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"root"}]}"#)
+            parse(r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3}}"#).unwrap();
+        let err = cfg.validate(HOST).unwrap_err().to_string();
+        assert_eq!(err, "not implemented: vsock");
+        let cfg =
+            parse(r#"{"boot-source":{"kernel_image_path":"/k"},"entropy":{"rate_limiter":{}}}"#)
                 .unwrap();
         let err = cfg.validate(HOST).unwrap_err().to_string();
-        assert_eq!(err, "not implemented: drives");
+        assert_eq!(err, "not implemented: entropy.rate_limiter");
+    }
+
+    fn drive(id: &str, root: bool) -> serde_json::Value {
+        serde_json::json!({"drive_id": id, "path_on_host": "/d", "is_root_device": root})
+    }
+
+    fn with_drives(drives: Vec<serde_json::Value>) -> Result<(), ConfigError> {
+        let v = serde_json::json!({"boot-source": {"kernel_image_path": "/k"}, "drives": drives});
+        parse(&v.to_string())?.validate(HOST)
+    }
+
+    #[test]
+    fn drives() {
+        with_drives(vec![drive("rootfs", true), drive("data_1", false)]).unwrap();
+        assert!(matches!(
+            with_drives(vec![drive("a", true), drive("a", false)]),
+            Err(ConfigError::DuplicateDrive(_))
+        ));
+        assert!(matches!(
+            with_drives(vec![drive("a", true), drive("b", true)]),
+            Err(ConfigError::SeveralRoots)
+        ));
+        assert!(matches!(
+            with_drives(vec![drive("", false)]),
+            Err(ConfigError::DriveId(_))
+        ));
+        assert!(matches!(
+            with_drives(vec![drive("x/y", false)]),
+            Err(ConfigError::DriveId(_))
+        ));
+        assert!(matches!(
+            with_drives(vec![drive(&"a".repeat(21), false)]),
+            Err(ConfigError::DriveId(_))
+        ));
+        let mut d = drive("a", false);
+        d["io_engine"] = "Async".into();
+        assert!(matches!(
+            with_drives(vec![d]),
+            Err(ConfigError::NotImplemented(_))
+        ));
+        let mut d = drive("a", false);
+        d["cache_type"] = "Sometimes".into();
+        assert!(matches!(
+            with_drives(vec![d]),
+            Err(ConfigError::BadValue(_))
+        ));
+        let mut d = drive("a", false);
+        d["bogus"] = 1.into();
+        assert!(
+            with_drives(vec![d])
+                .unwrap_err()
+                .to_string()
+                .contains("bogus")
+        );
+        let many = (0..17).map(|i| drive(&format!("d{i}"), false)).collect();
+        assert!(matches!(
+            with_drives(many),
+            Err(ConfigError::TooManyDrives(17))
+        ));
     }
 
     #[test]

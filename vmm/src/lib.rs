@@ -12,6 +12,7 @@ pub mod arch;
 pub mod boot;
 pub mod builder;
 pub mod config;
+pub mod device_manager;
 pub mod devices;
 pub mod logger;
 pub mod vstate;
@@ -62,7 +63,7 @@ pub enum VmmError {
     Vcpu(#[from] vstate::vcpu::VcpuError),
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+use device_manager::Subscriber;
 
 /// Drains an eventfd whose only job is to wake the event loop.
 struct Waker(Arc<EventFd>);
@@ -200,6 +201,9 @@ impl Vmm {
     /// Builds and starts the VM from the current configuration.
     pub fn start(&mut self) -> Result<(), VmmError> {
         let (mut vm, reset_evt) = builder::build_microvm(&self.config, self.console.clone())?;
+        for device in vm.devices.drain(..) {
+            self.event_manager.add_subscriber(device);
+        }
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ExitWatcher {
                 reset: reset_evt,

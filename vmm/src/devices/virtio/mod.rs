@@ -8,6 +8,7 @@
 //! register). Descriptor chains are walked with virtio-queue; every value
 //! that comes from the guest is checked and a bad request fails on its own.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 
