@@ -12,6 +12,26 @@ pub fn bzimage() -> PathBuf {
     PathBuf::from(env!("HUSK_TEST_GUEST_BZIMAGE"))
 }
 
+/// The virtio test guest (no_std Rust with polling virtio-mmio drivers).
+pub fn virtio() -> PathBuf {
+    PathBuf::from(env!("HUSK_VIRTIO_GUEST"))
+}
+
+/// Line the virtio guest prints when its test is done.
+pub const VIRTIO_DONE: &str = "VIRTIO-GUEST-DONE";
+
+/// The value of `key=` on the first line starting with `prefix`.
+pub fn field<'a>(output: &'a str, prefix: &str, key: &str) -> Option<&'a str> {
+    let line = output.lines().find(|l| l.starts_with(prefix))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// Parses a `0x…` number as the guests print them.
+pub fn parse_hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
 /// Line the guest prints when its checks are done.
 pub const MARKER: &str = "HUSK-TEST-GUEST-OK";
 

@@ -281,7 +281,7 @@ impl Block {
                 if self.warn.allow() {
                     log::warn!("virtio-blk {}: cannot return descriptor {head}", self.id);
                 }
-                break;
+                continue;
             }
             used_any = true;
         }

@@ -91,9 +91,10 @@ impl Request {
     ) -> Result<Request, (RequestError, StatusOnly)> {
         let descs: Vec<_> = chain.collect();
         let last = descs.last().copied();
+        // The status byte is the last byte of the last descriptor.
         let status_only = StatusOnly(
             last.filter(|d| d.is_write_only() && d.len() >= 1)
-                .map(|d| d.addr())
+                .and_then(|d| d.addr().checked_add(u64::from(d.len()) - 1))
                 .filter(|a| mem.check_address(*a).is_some()),
         );
         let fail = |e| Err((e, status_only));

@@ -121,7 +121,7 @@ impl Rng {
                 if self.warn.allow() {
                     log::warn!("virtio-rng: cannot return descriptor {head}");
                 }
-                break;
+                continue;
             }
             used_any = true;
         }
