@@ -7,4 +7,5 @@ pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod linux;
+pub mod netns;
 pub mod vmm;

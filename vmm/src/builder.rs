@@ -24,6 +24,7 @@ use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{self, I8042Device};
 use crate::devices::legacy::serial::{self, ConsoleOut, ConsoleSink, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::{Bus, BusError};
 use crate::vstate::memory::{self, MemoryError};
@@ -63,6 +64,9 @@ pub enum BuildError {
     /// A block device could not be opened.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A network device could not be created.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The entropy device could not be created.
     #[error(transparent)]
     Rng(#[from] RngError),
@@ -187,6 +191,10 @@ fn attach_virtio_devices(
     for d in drives {
         let block = Arc::new(Mutex::new(Block::new(d)?));
         manager.add(vm_fd, mem, bus, cmdline, block)?;
+    }
+    for n in &config.network_interfaces {
+        let net = Net::new(&n.iface_id, &n.host_dev_name, n.guest_mac.as_deref())?;
+        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(net)))?;
     }
     if config.entropy.is_some() {
         manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(Rng::new()?)))?;

@@ -241,6 +241,51 @@ impl DriveConfig {
     }
 }
 
+/// One entry of `network-interfaces`: a virtio-net device on a TAP.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceConfig {
+    /// Unique name of the interface.
+    pub iface_id: String,
+    /// An existing TAP device on the host.
+    pub host_dev_name: String,
+    /// MAC address the guest gets, `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<serde_json::Value>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+impl NetworkInterfaceConfig {
+    /// Checks the fields that can be checked without opening the TAP.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.iface_id.is_empty() || self.iface_id.len() > 64 {
+            return Err(ConfigError::BadValue("network-interfaces[].iface_id"));
+        }
+        if self.host_dev_name.is_empty()
+            || self.host_dev_name.len() >= 16
+            || self.host_dev_name.contains('/')
+        {
+            return Err(ConfigError::BadValue("network-interfaces[].host_dev_name"));
+        }
+        if let Some(mac) = &self.guest_mac {
+            if crate::devices::virtio::net::parse_mac(mac).is_none() {
+                return Err(ConfigError::BadValue("network-interfaces[].guest_mac"));
+            }
+        }
+        if self.rx_rate_limiter.is_some() || self.tx_rate_limiter.is_some() {
+            return Err(ConfigError::NotImplemented(
+                "network-interfaces[] rate limiters",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `entropy`: a virtio-rng device.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -270,13 +315,13 @@ pub struct VmConfig {
     /// Entropy device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
-    /// Network interfaces: accepted by the schema, refused until implemented.
+    /// Network interfaces.
     #[serde(
         rename = "network-interfaces",
         default,
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub network_interfaces: Vec<serde_json::Value>,
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     /// vsock device: accepted by the schema, refused until implemented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<serde_json::Value>,
@@ -323,8 +368,24 @@ impl VmConfig {
                 return Err(ConfigError::NotImplemented("entropy.rate_limiter"));
             }
         }
-        if !self.network_interfaces.is_empty() {
-            return Err(ConfigError::NotImplemented("network-interfaces"));
+        for (i, n) in self.network_interfaces.iter().enumerate() {
+            n.validate()?;
+            let earlier = &self.network_interfaces[..i];
+            if earlier.iter().any(|o| o.iface_id == n.iface_id) {
+                return Err(ConfigError::BadValue(
+                    "network-interfaces[].iface_id (duplicate)",
+                ));
+            }
+            if earlier.iter().any(|o| o.host_dev_name == n.host_dev_name) {
+                return Err(ConfigError::BadValue(
+                    "network-interfaces[].host_dev_name (duplicate)",
+                ));
+            }
+        }
+        if self.drives.len() + self.network_interfaces.len() > MAX_DRIVES {
+            return Err(ConfigError::TooManyDrives(
+                self.drives.len() + self.network_interfaces.len(),
+            ));
         }
         if self.vsock.is_some() {
             return Err(ConfigError::NotImplemented("vsock"));

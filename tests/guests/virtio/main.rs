@@ -14,6 +14,7 @@
 mod blk;
 mod entry;
 mod io;
+mod net;
 mod virtio;
 
 use io::{line, put_bytes, put_dec, put_hex, puts};
@@ -69,7 +70,7 @@ pub fn devices(cmd: &[u8], out: &mut [usize; 16]) -> usize {
     n
 }
 
-fn arg<'a>(cmd: &'a [u8], key: &[u8]) -> &'a [u8] {
+pub fn arg<'a>(cmd: &'a [u8], key: &[u8]) -> &'a [u8] {
     for word in cmd.split(|&c| c == b' ') {
         if let Some(v) = word.strip_prefix(key) {
             return v;
@@ -138,6 +139,7 @@ pub extern "C" fn rust_main(start_info: u64) -> ! {
         b"rng" => rng_test(bases),
         b"blk" => blk::blk_test(bases),
         b"hostile" => blk::hostile_test(bases),
+        b"net" => net::net_test(bases, cmd),
         b"flush" => {
             blk::flush_test(bases);
             line("FLUSHED");

@@ -1,0 +1,111 @@
+//! Throw-away network namespaces with a TAP for tests. Every test subnet is
+//! guarded by an `unreachable` route in the root namespace, so nothing sent
+//! to a test address can leave through the default route; all of it is
+//! removed on drop.
+
+use std::process::Command;
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A network namespace holding one TAP with an address.
+#[derive(Debug)]
+pub struct TapNamespace {
+    /// Namespace name.
+    pub ns: String,
+    /// TAP name inside it.
+    pub tap: String,
+    /// The TAP's (host-side) address.
+    pub host_ip: String,
+    /// An address for the guest on the same /24.
+    pub guest_ip: String,
+    subnet: String,
+}
+
+impl TapNamespace {
+    /// Creates `husk-<tag>-<pid>` with `tap0` at 10.213.<n>.1/24.
+    pub fn new(tag: &str) -> TapNamespace {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n =
+            (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
+        let ns = format!("husk-{tag}-{}-{n}", std::process::id());
+        let subnet = format!("10.213.{n}.0/24");
+        let this = TapNamespace {
+            ns: ns.clone(),
+            tap: "tap0".into(),
+            host_ip: format!("10.213.{n}.1"),
+            guest_ip: format!("10.213.{n}.2"),
+            subnet: subnet.clone(),
+        };
+        // Guard first, so a half-built set-up never routes outside.
+        let _ = ip(&["route", "add", "unreachable", &subnet]);
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &ns],
+            vec!["-n", &ns, "link", "set", "lo", "up"],
+            vec!["-n", &ns, "tuntap", "add", "dev", "tap0", "mode", "tap"],
+            vec!["-n", &ns, "link", "set", "tap0", "up"],
+        ];
+        for s in steps {
+            ip(&s).unwrap_or_else(|e| panic!("network set-up failed: {e}"));
+        }
+        let addr = format!("{}/24", this.host_ip);
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", "tap0"])
+            .unwrap_or_else(|e| panic!("network set-up failed: {e}"));
+        this
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    /// The TAP's MAC address.
+    pub fn tap_mac(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "cat",
+                "/sys/class/net/tap0/address",
+            ])
+            .output()
+            .expect("read tap MAC");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A counter of the TAP from /sys/class/net/tap0/statistics.
+    pub fn tap_stat(&self, name: &str) -> u64 {
+        let path = format!("/sys/class/net/tap0/statistics/{name}");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "cat", &path])
+            .output()
+            .expect("read tap statistics");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TapNamespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.ns]);
+        let _ = ip(&["route", "del", "unreachable", &self.subnet]);
+    }
+}
