@@ -195,8 +195,8 @@ fn configuration_errors_are_one_clear_line() {
             "boot-source",
         ),
         (
-            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"/tmp/v"}}"#.into(),
-            "not implemented: vsock",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":1,"uds_path":"/tmp/v"}}"#.into(),
+            "vsock.guest_cid",
         ),
         (
             r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#.into(),

@@ -26,6 +26,7 @@ use crate::devices::legacy::serial::{self, ConsoleOut, ConsoleSink, SerialDevice
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::{Bus, BusError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{ExitReason, ExitSignal, Vcpu, VcpuError, VcpuHandle};
@@ -67,6 +68,9 @@ pub enum BuildError {
     /// A network device could not be created.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The vsock device could not be created.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// The entropy device could not be created.
     #[error(transparent)]
     Rng(#[from] RngError),
@@ -195,6 +199,10 @@ fn attach_virtio_devices(
     for n in &config.network_interfaces {
         let net = Net::new(&n.iface_id, &n.host_dev_name, n.guest_mac.as_deref())?;
         manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(net)))?;
+    }
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.guest_cid, &v.uds_path)?;
+        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(vsock)))?;
     }
     if config.entropy.is_some() {
         manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(Rng::new()?)))?;

@@ -286,6 +286,37 @@ impl NetworkInterfaceConfig {
     }
 }
 
+/// `vsock`: a virtio-vsock device with a Unix-socket host side.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's CID (3 or more).
+    pub guest_cid: u64,
+    /// Unix socket for host-initiated connections; guest-initiated ones to
+    /// port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+    /// Accepted for compatibility; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+impl VsockConfig {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.guest_cid < 3 || self.guest_cid > u64::from(u32::MAX) {
+            return Err(ConfigError::BadValue("vsock.guest_cid"));
+        }
+        if self.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("vsock.uds_path"));
+        }
+        // Room for "_<port>" within sockaddr_un's 108 bytes.
+        if self.uds_path.as_os_str().len() > 96 {
+            return Err(ConfigError::BadValue("vsock.uds_path (too long)"));
+        }
+        Ok(())
+    }
+}
+
 /// `entropy`: a virtio-rng device.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -322,9 +353,9 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
-    /// vsock device: accepted by the schema, refused until implemented.
+    /// vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<serde_json::Value>,
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -387,8 +418,8 @@ impl VmConfig {
                 self.drives.len() + self.network_interfaces.len(),
             ));
         }
-        if self.vsock.is_some() {
-            return Err(ConfigError::NotImplemented("vsock"));
+        if let Some(v) = &self.vsock {
+            v.validate()?;
         }
         Ok(())
     }
@@ -500,10 +531,13 @@ mod tests {
 
     #[test]
     fn devices_not_yet_supported() {
-        let cfg =
-            parse(r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3}}"#).unwrap();
+        let cfg = parse(
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":2,"uds_path":"/v"}}"#,
+        )
+        .unwrap();
         let err = cfg.validate(HOST).unwrap_err().to_string();
-        assert_eq!(err, "not implemented: vsock");
+        assert!(err.contains("guest_cid"), "{err}");
+        assert!(parse(r#"{"vsock":{"guest_cid":3}}"#).is_err());
         let cfg =
             parse(r#"{"boot-source":{"kernel_image_path":"/k"},"entropy":{"rate_limiter":{}}}"#)
                 .unwrap();
