@@ -16,6 +16,7 @@ mod entry;
 mod io;
 mod net;
 mod virtio;
+mod vsock;
 
 use io::{line, put_bytes, put_dec, put_hex, puts};
 
@@ -34,6 +35,20 @@ fn cmdline(start_info: u64) -> &'static [u8] {
         }
         core::slice::from_raw_parts(p, n)
     }
+}
+
+fn parse_dec(s: &[u8]) -> Option<u32> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u32 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u32::from(c - b'0'))?;
+    }
+    Some(v)
 }
 
 fn parse_hex(s: &[u8]) -> Option<u64> {
@@ -140,6 +155,12 @@ pub extern "C" fn rust_main(start_info: u64) -> ! {
         b"blk" => blk::blk_test(bases),
         b"hostile" => blk::hostile_test(bases),
         b"net" => net::net_test(bases, cmd),
+        b"vsock-echo" => {
+            let port = parse_dec(arg(cmd, b"vsock.port=")).unwrap_or(1234);
+            let conns = parse_dec(arg(cmd, b"vsock.conns=")).unwrap_or(1);
+            vsock::echo(bases, port, conns);
+        }
+        b"vsock-connect" => vsock::connect(bases, parse_dec(arg(cmd, b"vsock.port=")).unwrap_or(5000)),
         b"flush" => {
             blk::flush_test(bases);
             line("FLUSHED");

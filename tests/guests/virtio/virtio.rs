@@ -4,14 +4,14 @@
 
 use crate::io;
 
-pub const QSIZE: u16 = 16;
+pub const QSIZE: u16 = 64;
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
 pub const VERSION_1: u64 = 1 << 32;
 
 const DESC_OFF: usize = 0;
-const AVAIL_OFF: usize = 256;
-const USED_OFF: usize = 1024;
+const AVAIL_OFF: usize = 1024;
+const USED_OFF: usize = 2048;
 
 #[repr(C, align(4096))]
 pub struct Page(pub [u8; 4096]);
