@@ -260,3 +260,34 @@ pub fn hostile_test(bases: &[usize]) {
     put_hex(u64::from(dev.status()));
     puts("\n");
 }
+
+/// Benchmark: `n` sequential 4 KiB reads from the first drive, between two
+/// marker lines the host times.
+pub fn bench(bases: &[usize], n: u32) {
+    let Some(&base) = bases.iter().find(|&&b| virtio::probe_id(b) == Some(2)) else {
+        line("bench: no block device");
+        return;
+    };
+    let Some(mut dev) = open(base) else { return };
+    let cap = u64::from(dev.config32(0)) | (u64::from(dev.config32(4)) << 32);
+    let r = new_req(T_IN, 0, 4096);
+    line("BENCH-START");
+    let mut failed = 0u32;
+    for i in 0..n {
+        let sector = (u64::from(i) * 8) % (cap - 8);
+        // SAFETY: the header lies in the request's allocation.
+        unsafe {
+            core::ptr::write_volatile((r.hdr + 8) as *mut u64, sector);
+            core::ptr::write_volatile(r.status as *mut u8, 0xff);
+        }
+        let used = dev.transfer(0, &[(r.hdr, 16, false), (r.data, 4096, true), (r.status, 1, true)], SPINS);
+        if used.is_none() || status_of(&r) != 0 {
+            failed += 1;
+        }
+    }
+    puts("BENCH-END n=");
+    put_dec(u64::from(n));
+    puts(" failed=");
+    put_dec(u64::from(failed));
+    puts("\n");
+}

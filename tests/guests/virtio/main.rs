@@ -155,6 +155,7 @@ pub extern "C" fn rust_main(start_info: u64) -> ! {
         b"blk" => blk::blk_test(bases),
         b"hostile" => blk::hostile_test(bases),
         b"net" => net::net_test(bases, cmd),
+        b"blk-bench" => blk::bench(bases, parse_dec(arg(cmd, b"bench.n=")).unwrap_or(1000)),
         b"vsock-echo" => {
             let port = parse_dec(arg(cmd, b"vsock.port=")).unwrap_or(1234);
             let conns = parse_dec(arg(cmd, b"vsock.conns=")).unwrap_or(1);
