@@ -131,6 +131,7 @@ fn vsock(dir: &TempDir) {
         if Instant::now() > deadline {
             println!("virtio-vsock: guest did not start");
             let _ = child.kill();
+            let _ = child.wait();
             return;
         }
         std::thread::sleep(Duration::from_millis(5));
