@@ -13,6 +13,8 @@ echo "guest kernel: $HUSK_KERNEL" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
+# Fuzz targets (fuzz/): built with coverage instrumentation, 5 s smoke run each.
+scripts/fuzz.sh 5
 
 log=$(mktemp /tmp/husk-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
