@@ -15,7 +15,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 cargo build --release --manifest-path fuzz/Cargo.toml --target "$target" --target-dir fuzz/target --bins
 [ "$secs" -gt 0 ] || exit 0
-for t in block_queue rng_queue vsock_packet mmio_transport api_request; do
+for t in block_queue rng_queue vsock_packet mmio_transport api_request agent_message; do
     mkdir -p "fuzz/corpus/$t" fuzz/artifacts
     echo "fuzzing $t for ${secs}s" >&2
     "fuzz/target/$target/release/$t" -max_total_time="$secs" -print_final_stats=1 \

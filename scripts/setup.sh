@@ -24,6 +24,13 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: husk needs a Rust toolchain (see rust-toolchain.toml)" >&2
     exit 1
 fi
+# vsock for Linux guests under QEMU TCG: rust-vmm's vhost-user daemon speaks
+# the same hybrid Unix-socket convention as husk-vmm.
+if ! command -v vhost-device-vsock >/dev/null && [ ! -x "$HOME/.cargo/bin/vhost-device-vsock" ]; then
+    echo "installing vhost-device-vsock from crates.io" >&2
+    cargo install --quiet --locked vhost-device-vsock --version 0.3.0
+fi
+
 if [ ! -c /dev/kvm ]; then
     echo "warning: /dev/kvm is missing: husk-vmm cannot run VMs on this host" >&2
 fi

@@ -1,12 +1,57 @@
-//! `husk-agent`: PID 1 of a husk microVM. The agent itself is built with the
-//! guest agent work; this binary refuses to run rather than pretend.
+//! `husk-agent`: PID 1 of a husk microVM. As init it mounts the pseudo file
+//! systems, brings up loopback, sets the hostname and reaps orphans; then it
+//! serves the host–agent protocol on vsock port
+//! [`protocol::AGENT_CONTROL_PORT`], one thread per connection.
+//!
+//! Built statically (`-C target-feature=+crt-static`) so the initramfs needs
+//! nothing else.
+
+mod init;
+mod server;
+mod vsock;
 
 use std::process::ExitCode;
 
+fn log(msg: &str) {
+    // The console is the agent's log until logs go over vsock. Writing must
+    // never panic: PID 1 may have no console.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "husk-agent: {msg}");
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "husk-agent: not implemented: the guest agent (protocol version {}) is not built yet",
-        protocol::PROTOCOL_VERSION
-    );
-    ExitCode::FAILURE
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        if let Err(e) = init::setup() {
+            log(&format!("init failed: {e}"));
+            init::power_off();
+        }
+    }
+    let listener = match vsock::VsockListener::bind(protocol::AGENT_CONTROL_PORT) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!(
+                "cannot listen on vsock port {}: {e}",
+                protocol::AGENT_CONTROL_PORT
+            ));
+            if pid1 {
+                init::power_off();
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let ready_ms = init::boottime_ms();
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "husk-agent ready in {ready_ms} ms (protocol {})",
+            protocol::PROTOCOL_VERSION
+        );
+    }
+    server::serve(listener, ready_ms);
+    if pid1 {
+        init::power_off();
+    }
+    ExitCode::SUCCESS
 }

@@ -1,9 +1,21 @@
 //! The host–agent protocol of husk, shared unchanged by the shim and the
-//! guest agent. The message set and wire format are defined with the guest
-//! agent; until then this crate holds only the constants both ends agree on.
+//! guest agent.
+//!
+//! Wire format (docs/PROTOCOL.md): each message is a frame of a 4-byte
+//! big-endian length followed by that many bytes of JSON; frames are at most
+//! [`MAX_FRAME`] bytes. The host sends [`Request`]s, the agent answers each
+//! with a [`Response`] carrying the same `id`. The first call on a
+//! connection is [`Call::Version`]; the host refuses an agent whose
+//! [`PROTOCOL_VERSION`] differs.
+
+mod codec;
+mod messages;
+
+pub use codec::{CodecError, MAX_FRAME, read_frame, read_message, write_message};
+pub use messages::{Call, ErrorCode, ErrorReply, Reply, Request, Response, VersionInfo};
 
 /// Protocol version checked on connect.
-pub const PROTOCOL_VERSION: u32 = 0;
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// vsock port the agent listens on for control calls.
 pub const AGENT_CONTROL_PORT: u32 = 1024;

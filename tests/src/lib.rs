@@ -3,6 +3,7 @@
 //! host KVM check, parsing of the test guest's report, test initramfs
 //! images and QEMU TCG boots of the guest kernel.
 
+pub mod agent;
 pub mod guest;
 pub mod host;
 pub mod initramfs;

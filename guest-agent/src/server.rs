@@ -1,0 +1,105 @@
+//! Serving the protocol: one thread per connection; handlers are thin
+//! (validate, do, answer); a malformed or unknown message gets an error reply
+//! and the connection keeps going.
+
+use std::fs::File;
+
+use protocol::{Call, CodecError, ErrorCode, ErrorReply, Reply, Request, Response, VersionInfo};
+
+use crate::vsock::VsockListener;
+
+fn handle(call: Call, ready_ms: u64) -> (Result<Reply, ErrorReply>, bool) {
+    match call {
+        Call::Version => (
+            Ok(Reply::Version(VersionInfo {
+                protocol: protocol::PROTOCOL_VERSION,
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                boot_to_ready_ms: ready_ms,
+            })),
+            false,
+        ),
+        Call::Ping => (Ok(Reply::Empty), false),
+        Call::SetTime { secs, nanos } => {
+            if nanos >= 1_000_000_000 {
+                return (
+                    Err(ErrorReply {
+                        code: ErrorCode::InvalidArgument,
+                        message: format!("set_time: nanos {nanos} is not below one second"),
+                    }),
+                    false,
+                );
+            }
+            match crate::init::set_time(secs, nanos) {
+                Ok(()) => (Ok(Reply::Empty), false),
+                Err(e) => (
+                    Err(ErrorReply {
+                        code: ErrorCode::Internal,
+                        message: format!("set_time: {e}"),
+                    }),
+                    false,
+                ),
+            }
+        }
+        Call::Shutdown => (Ok(Reply::Empty), true),
+    }
+}
+
+fn connection(mut stream: File, ready_ms: u64) {
+    loop {
+        let frame = match protocol::read_frame(&mut stream) {
+            Ok(f) => f,
+            Err(CodecError::TooLarge(n)) => {
+                let err = Response {
+                    id: 0,
+                    result: Err(ErrorReply {
+                        code: ErrorCode::InvalidArgument,
+                        message: format!("frame of {n} bytes is too large"),
+                    }),
+                };
+                let _ = protocol::write_message(&mut stream, &err);
+                return;
+            }
+            Err(_) => return,
+        };
+        let (id, result, shutdown) = match serde_json::from_slice::<Request>(&frame) {
+            Ok(req) => {
+                let (result, shutdown) = handle(req.call, ready_ms);
+                (req.id, result, shutdown)
+            }
+            Err(e) => (
+                0,
+                Err(ErrorReply {
+                    code: ErrorCode::InvalidArgument,
+                    message: format!("malformed request: {e}"),
+                }),
+                false,
+            ),
+        };
+        if protocol::write_message(&mut stream, &Response { id, result }).is_err() {
+            return;
+        }
+        if shutdown {
+            crate::init::power_off();
+        }
+    }
+}
+
+/// Accepts connections forever.
+pub fn serve(listener: VsockListener, ready_ms: u64) {
+    loop {
+        match listener.accept() {
+            Ok(stream) => {
+                let spawned = std::thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || connection(stream, ready_ms));
+                if let Err(e) = spawned {
+                    crate::log(&format!("cannot start a connection thread: {e}"));
+                }
+            }
+            Err(e) => {
+                crate::log(&format!("accept failed: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}

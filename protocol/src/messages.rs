@@ -1,0 +1,131 @@
+//! The calls and their answers.
+
+use serde::{Deserialize, Serialize};
+
+/// A call from the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Chosen by the host; echoed in the response.
+    pub id: u64,
+    /// What to do.
+    pub call: Call,
+}
+
+/// The calls the agent serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Call {
+    /// Protocol version and agent identity; the first call on a connection.
+    Version,
+    /// Liveness.
+    Ping,
+    /// Sets the guest's wall clock.
+    SetTime {
+        /// Seconds since the Unix epoch.
+        secs: i64,
+        /// Nanoseconds within the second.
+        nanos: u32,
+    },
+    /// Syncs file systems and powers the guest off.
+    Shutdown,
+}
+
+/// Identity of the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionInfo {
+    /// [`crate::PROTOCOL_VERSION`] of the agent.
+    pub protocol: u32,
+    /// Agent build version.
+    pub agent_version: String,
+    /// Milliseconds from kernel start to the agent serving (CLOCK_BOOTTIME).
+    pub boot_to_ready_ms: u64,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    /// Answer to [`Call::Version`].
+    Version(VersionInfo),
+    /// Answer to calls without data.
+    Empty,
+}
+
+/// Error classes, for mapping to containerd's and runc's errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request was malformed.
+    InvalidArgument,
+    /// No such container or process.
+    NotFound,
+    /// Valid but not in the current state.
+    FailedPrecondition,
+    /// The agent does not implement this call yet.
+    NotImplemented,
+    /// Anything else.
+    Internal,
+}
+
+/// A failed call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    /// Class.
+    pub code: ErrorCode,
+    /// One line naming what was wrong.
+    pub message: String,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    /// The request's id (0 when the request could not be decoded).
+    pub id: u64,
+    /// Result.
+    pub result: Result<Reply, ErrorReply>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape() {
+        let r = Request {
+            id: 1,
+            call: Call::SetTime { secs: 10, nanos: 5 },
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"id":1,"call":{"op":"set_time","secs":10,"nanos":5}}"#
+        );
+        let unknown = r#"{"id":1,"call":{"op":"format_disk"}}"#;
+        assert!(serde_json::from_str::<Request>(unknown).is_err());
+        let extra = r#"{"id":1,"call":{"op":"ping"},"x":1}"#;
+        assert!(serde_json::from_str::<Request>(extra).is_err());
+    }
+
+    #[test]
+    fn responses() {
+        let ok = Response {
+            id: 2,
+            result: Ok(Reply::Empty),
+        };
+        let back: Response = serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
+        assert_eq!(back, ok);
+        let err = Response {
+            id: 3,
+            result: Err(ErrorReply {
+                code: ErrorCode::NotImplemented,
+                message: "not implemented: exec".into(),
+            }),
+        };
+        let back: Response = serde_json::from_str(&serde_json::to_string(&err).unwrap()).unwrap();
+        assert_eq!(back, err);
+    }
+}
