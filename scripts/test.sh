@@ -19,7 +19,7 @@ scripts/fuzz.sh 5
 log=$(mktemp /tmp/husk-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run, summed over every test binary.

@@ -79,7 +79,33 @@ fn connection(mut stream: File, ready_ms: u64) {
             return;
         }
         if shutdown {
+            // Let the answer reach the host: stop writing, then wait (bounded)
+            // for the host to close before the VM goes away.
+            use std::os::fd::AsRawFd;
+            // SAFETY: shutdown(2) on a socket fd we own.
+            unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+            drain_until_closed(&mut stream, std::time::Duration::from_secs(2));
             crate::init::power_off();
+        }
+    }
+}
+
+/// Reads and drops input until the peer closes or `limit` passes.
+fn drain_until_closed(stream: &mut File, limit: std::time::Duration) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    while std::time::Instant::now() < deadline {
+        let mut pfd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if r > 0 && matches!(stream.read(&mut buf), Ok(0) | Err(_)) {
+            return;
         }
     }
 }

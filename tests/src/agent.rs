@@ -87,7 +87,11 @@ impl AgentVm {
             .arg(&hybrid)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("vhost-device-vsock.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
             .spawn()
             .expect("spawn vhost-device-vsock");
         let deadline = Instant::now() + Duration::from_secs(10);
