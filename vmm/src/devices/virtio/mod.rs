@@ -12,6 +12,7 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod single_queue;
 pub mod vsock;
 
 use std::sync::Arc;

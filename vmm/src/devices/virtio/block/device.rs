@@ -4,17 +4,17 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{ID_BYTES, Request, RequestType, SECTOR_SIZE};
 use crate::config::DriveConfig;
+use crate::devices::virtio::single_queue::ActiveQueue;
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, device_type,
+    ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, device_type,
     read_config_bytes,
 };
 use crate::logger::RateLimiter;
@@ -66,13 +66,6 @@ pub enum BlockError {
     EventFd(#[source] std::io::Error),
 }
 
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) queue: Queue,
-    pub(super) queue_evt: EventFd,
-    pub(super) interrupt: Arc<Interrupt>,
-}
-
 /// Counters of one block device.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BlockCounters {
@@ -96,7 +89,7 @@ pub struct Block {
     capacity_sectors: u64,
     config: Vec<u8>,
     pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueue>,
     pub(super) queue_registered: bool,
     warn: RateLimiter,
     buf: Vec<u8>,
@@ -285,8 +278,8 @@ impl Block {
             }
             used_any = true;
         }
-        if used_any && !matches!(active.queue.needs_notification(&active.mem), Ok(false)) {
-            active.interrupt.signal_used_queue();
+        if used_any {
+            active.notify_used();
         }
         self.active = Some(active);
         used_any
@@ -315,19 +308,8 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 1 || ctx.queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue: ctx.queues.remove(0),
-            queue_evt: ctx.queue_evts.remove(0),
-            interrupt: ctx.interrupt,
-        });
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.active = Some(ActiveQueue::from_context(ctx)?);
         self.activate_evt.write(1).map_err(ActivateError::EventFd)
     }
 

@@ -1,52 +1,35 @@
-//! The block device on the event loop: registers its queue once activated,
-//! then serves it on every notification.
+//! The block device on the event loop (activate, then register the queue).
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::Block;
+use crate::devices::virtio::single_queue::{self, ActiveQueue, SingleQueueDevice};
 
-const ACTIVATE: u32 = 0;
-const QUEUE: u32 = 1;
+impl SingleQueueDevice for Block {
+    fn label(&self) -> String {
+        format!("virtio-blk {}", self.id())
+    }
+    fn activate_evt(&self) -> &EventFd {
+        &self.activate_evt
+    }
+    fn active_queue(&self) -> Option<&ActiveQueue> {
+        self.active.as_ref()
+    }
+    fn queue_registered(&mut self) -> &mut bool {
+        &mut self.queue_registered
+    }
+    fn process_queue(&mut self) -> bool {
+        Block::process_queue(self)
+    }
+}
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE => {
-                let _ = self.activate_evt.read();
-                if let Some(active) = &self.active {
-                    if !self.queue_registered {
-                        match ops.add(Events::with_data(&active.queue_evt, QUEUE, EventSet::IN)) {
-                            Ok(()) => self.queue_registered = true,
-                            Err(e) => log::error!(
-                                "virtio-blk {}: cannot watch the queue: {e:?}",
-                                self.id()
-                            ),
-                        }
-                    }
-                    self.process_queue();
-                }
-            }
-            QUEUE => {
-                if let Some(active) = &self.active {
-                    let _ = active.queue_evt.read();
-                    self.process_queue();
-                }
-            }
-            _ => {}
-        }
+        single_queue::process(self, events, ops);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE,
-            EventSet::IN,
-        )) {
-            log::error!(
-                "virtio-blk {}: cannot watch the activate event: {e:?}",
-                self.id()
-            );
-        }
+        single_queue::init(self, ops);
     }
 }

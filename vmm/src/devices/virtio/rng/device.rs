@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::virtio::single_queue::ActiveQueue;
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, device_type,
+    ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, device_type,
 };
 use crate::logger::RateLimiter;
 
@@ -24,17 +25,10 @@ pub enum RngError {
     EventFd(#[source] std::io::Error),
 }
 
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) queue: Queue,
-    pub(super) queue_evt: EventFd,
-    pub(super) interrupt: std::sync::Arc<Interrupt>,
-}
-
 /// The virtio-rng device.
 pub struct Rng {
     pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueue>,
     pub(super) queue_registered: bool,
     warn: RateLimiter,
     /// Requests served, for tests and metrics.
@@ -126,10 +120,7 @@ impl Rng {
             used_any = true;
         }
         if used_any {
-            match active.queue.needs_notification(&active.mem) {
-                Ok(false) => {}
-                _ => active.interrupt.signal_used_queue(),
-            }
+            active.notify_used();
         }
         used_any
     }
@@ -152,19 +143,8 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 1 || ctx.queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue: ctx.queues.remove(0),
-            queue_evt: ctx.queue_evts.remove(0),
-            interrupt: ctx.interrupt,
-        });
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.active = Some(ActiveQueue::from_context(ctx)?);
         self.activate_evt.write(1).map_err(ActivateError::EventFd)
     }
 

@@ -1,47 +1,35 @@
-//! The entropy device on the event loop: registers its queue once the
-//! driver activated it, then serves the queue on every notification.
+//! The entropy device on the event loop (activate, then register the queue).
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::Rng;
+use crate::devices::virtio::single_queue::{self, ActiveQueue, SingleQueueDevice};
 
-const ACTIVATE: u32 = 0;
-const QUEUE: u32 = 1;
+impl SingleQueueDevice for Rng {
+    fn label(&self) -> String {
+        "virtio-rng".into()
+    }
+    fn activate_evt(&self) -> &EventFd {
+        &self.activate_evt
+    }
+    fn active_queue(&self) -> Option<&ActiveQueue> {
+        self.active.as_ref()
+    }
+    fn queue_registered(&mut self) -> &mut bool {
+        &mut self.queue_registered
+    }
+    fn process_queue(&mut self) -> bool {
+        Rng::process_queue(self)
+    }
+}
 
 impl MutEventSubscriber for Rng {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE => {
-                let _ = self.activate_evt.read();
-                if let Some(active) = &self.active {
-                    if !self.queue_registered {
-                        match ops.add(Events::with_data(&active.queue_evt, QUEUE, EventSet::IN)) {
-                            Ok(()) => self.queue_registered = true,
-                            Err(e) => log::error!("virtio-rng: cannot watch the queue: {e:?}"),
-                        }
-                    }
-                    // Requests may have been queued before registration.
-                    self.process_queue();
-                }
-            }
-            QUEUE => {
-                if let Some(active) = &self.active {
-                    let _ = active.queue_evt.read();
-                    self.process_queue();
-                }
-            }
-            _ => {}
-        }
+        single_queue::process(self, events, ops);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE,
-            EventSet::IN,
-        )) {
-            log::error!("virtio-rng: cannot watch the activate event: {e:?}");
-        }
+        single_queue::init(self, ops);
     }
 }
