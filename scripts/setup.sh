@@ -8,6 +8,7 @@ pkgs=(
     linux-source-6.1                                                   # guest kernel source
     qemu-system-x86                                                    # TCG backend, peer VMM
     busybox-static                                                     # test guest userland
+    iproute2                                                           # test network namespaces and TAPs
 )
 missing=()
 for p in "${pkgs[@]}"; do
