@@ -51,4 +51,4 @@ else
 JSON
     target/release/husk-vmm --no-api --config-file "$work/linux.json"
 fi
-echo "== running OCI containers in microVMs comes with the guest agent and the husk CLI (not implemented yet)"
+echo "== next: containers. The guest agent already serves its protocol over vsock (tests/tests/agent.rs); running OCI containers through it, the husk CLI and the containerd shim are not implemented yet"
