@@ -10,7 +10,14 @@ use std::time::{Duration, Instant};
 
 use log::{LevelFilter, Metadata, Record};
 
-struct StderrLogger;
+struct StderrLogger {
+    /// Messages from the rust-vmm crates that parse guest data (virtio-queue
+    /// logs bad descriptors itself) share one rate limit.
+    guest_paths: std::sync::Mutex<Option<RateLimiter>>,
+}
+
+/// Log targets whose messages the guest can trigger at will.
+const GUEST_TRIGGERABLE_TARGETS: &[&str] = &["virtio_queue", "vm_memory"];
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
@@ -18,6 +25,18 @@ impl log::Log for StderrLogger {
     }
 
     fn log(&self, record: &Record<'_>) {
+        let target = record.target();
+        if GUEST_TRIGGERABLE_TARGETS
+            .iter()
+            .any(|t| target.starts_with(t))
+        {
+            let mut limiter = self.guest_paths.lock().unwrap_or_else(|e| e.into_inner());
+            let limiter =
+                limiter.get_or_insert_with(|| RateLimiter::new(10, Duration::from_secs(5)));
+            if !limiter.allow() {
+                return;
+            }
+        }
         if self.enabled(record.metadata()) {
             let thread = std::thread::current();
             let name = thread.name().unwrap_or("?");
@@ -33,7 +52,9 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
-static LOGGER: StderrLogger = StderrLogger;
+static LOGGER: StderrLogger = StderrLogger {
+    guest_paths: std::sync::Mutex::new(None),
+};
 
 /// Parses a level name.
 pub fn parse_level(s: &str) -> Option<LevelFilter> {
