@@ -9,6 +9,7 @@ pkgs=(
     qemu-system-x86                                                    # TCG backend, peer VMM
     busybox-static                                                     # test guest userland
     iproute2                                                           # test network namespaces and TAPs
+    e2fsprogs                                                          # container root file system images
 )
 missing=()
 for p in "${pkgs[@]}"; do

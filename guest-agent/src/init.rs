@@ -1,5 +1,5 @@
-//! Duties of PID 1: mounts, loopback, hostname, reaping, power-off. The only
-//! code that assumes it runs as init.
+//! Duties of PID 1: mounts, loopback, hostname, starting the reaper,
+//! power-off. The only code that assumes it runs as init.
 
 use std::ffi::CString;
 
@@ -99,39 +99,6 @@ fn loopback_up() -> Result<(), InitError> {
     Ok(())
 }
 
-fn start_reaper() -> Result<(), InitError> {
-    // SIGCHLD is blocked in every thread (they inherit this mask) and taken
-    // with sigwait by the reaper thread alone.
-    // SAFETY: the sigset is initialised by sigemptyset before use.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(|| {
-            loop {
-                // SAFETY: as above; sigwait and waitpid only write to locals.
-                unsafe {
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut set);
-                    libc::sigaddset(&mut set, libc::SIGCHLD);
-                    let mut sig = 0;
-                    libc::sigwait(&set, &mut sig);
-                    let mut status = 0;
-                    while libc::waitpid(-1, &mut status, libc::WNOHANG) > 0 {}
-                }
-            }
-        })
-        .map_err(|source| InitError::Sys {
-            what: "starting the reaper",
-            source,
-        })?;
-    Ok(())
-}
-
 /// Everything init does before serving.
 pub fn setup() -> Result<(), InitError> {
     const NOSUID: libc::c_ulong = libc::MS_NOSUID;
@@ -165,7 +132,12 @@ pub fn setup() -> Result<(), InitError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    start_reaper()
+    crate::reaper::reaper()
+        .start()
+        .map_err(|source| InitError::Sys {
+            what: "starting the reaper",
+            source,
+        })
 }
 
 /// Milliseconds since the kernel started (CLOCK_BOOTTIME).

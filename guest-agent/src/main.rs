@@ -6,8 +6,11 @@
 //! Built statically (`-C target-feature=+crt-static`) so the initramfs needs
 //! nothing else.
 
+mod container;
 mod init;
+mod reaper;
 mod server;
+mod stdio;
 mod vsock;
 
 use std::process::ExitCode;
@@ -40,6 +43,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match vsock::VsockListener::bind(protocol::STDIO_PORT) {
+        Ok(l) => {
+            if let Err(e) = std::thread::Builder::new()
+                .name("stdio".into())
+                .spawn(move || stdio::serve(l))
+            {
+                log(&format!("cannot start the stdio listener: {e}"));
+            }
+        }
+        Err(e) => log(&format!(
+            "cannot listen on vsock port {}: {e}",
+            protocol::STDIO_PORT
+        )),
+    }
     let ready_ms = init::boottime_ms();
     {
         use std::io::Write;

@@ -41,6 +41,22 @@ fn handle(call: Call, ready_ms: u64) -> (Result<Reply, ErrorReply>, bool) {
             }
         }
         Call::Shutdown => (Ok(Reply::Empty), true),
+        Call::CreateContainer { id, spec, rootfs } => (
+            crate::container::create(&id, spec, &rootfs).map(|()| Reply::Empty),
+            false,
+        ),
+        Call::StartContainer { id } => (crate::container::start(&id).map(|()| Reply::Empty), false),
+        Call::WaitContainer { id } => (
+            crate::container::wait(&id).map(|status| Reply::Exit { status }),
+            false,
+        ),
+        Call::SignalContainer { id, signal } => (
+            crate::container::signal(&id, signal).map(|()| Reply::Empty),
+            false,
+        ),
+        Call::RemoveContainer { id } => {
+            (crate::container::remove(&id).map(|()| Reply::Empty), false)
+        }
     }
 }
 

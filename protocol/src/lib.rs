@@ -12,13 +12,19 @@ mod codec;
 mod messages;
 
 pub use codec::{CodecError, MAX_FRAME, read_frame, read_message, write_message};
-pub use messages::{Call, ErrorCode, ErrorReply, Reply, Request, Response, VersionInfo};
+pub use messages::{
+    Call, ErrorCode, ErrorReply, Reply, Request, Response, StdioAttach, StdioStream, Storage,
+    VersionInfo,
+};
 
 /// Protocol version checked on connect.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// vsock port the agent listens on for control calls.
 pub const AGENT_CONTROL_PORT: u32 = 1024;
+
+/// vsock port for container stdio streams (one connection per stream).
+pub const STDIO_PORT: u32 = 1025;
 
 // vsock ports below 1024 are reserved for privileged services.
 const _: () = assert!(AGENT_CONTROL_PORT >= 1024);

@@ -29,6 +29,74 @@ pub enum Call {
     },
     /// Syncs file systems and powers the guest off.
     Shutdown,
+    /// Creates a container from an OCI runtime-spec `config.json` on a root
+    /// file system from a block device; its process does not run yet. Attach
+    /// its stdio streams (on [`crate::STDIO_PORT`]) before this call.
+    CreateContainer {
+        /// Container ID.
+        id: String,
+        /// The OCI runtime spec (`config.json`); `root.path` is replaced.
+        spec: serde_json::Value,
+        /// Where the root file system comes from.
+        rootfs: Storage,
+    },
+    /// Runs the container's process.
+    StartContainer {
+        /// Container ID.
+        id: String,
+    },
+    /// Waits for the container's process to exit (no host-side timeout).
+    WaitContainer {
+        /// Container ID.
+        id: String,
+    },
+    /// Sends a signal to the container's process.
+    SignalContainer {
+        /// Container ID.
+        id: String,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Removes a stopped (or never started) container.
+    RemoveContainer {
+        /// Container ID.
+        id: String,
+    },
+}
+
+/// A file system for the guest to mount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Serial (drive ID) of the virtio-blk device holding it.
+    pub block_serial: String,
+    /// File system type (`ext4`, `erofs`).
+    pub fstype: String,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Which stream a stdio connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdioStream {
+    /// Host to process.
+    Stdin,
+    /// Process to host.
+    Stdout,
+    /// Process to host.
+    Stderr,
+}
+
+/// First frame of a stdio connection; raw bytes follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioAttach {
+    /// Container ID.
+    pub container_id: String,
+    /// Stream.
+    pub stream: StdioStream,
 }
 
 /// Identity of the agent.
@@ -51,6 +119,11 @@ pub enum Reply {
     Version(VersionInfo),
     /// Answer to calls without data.
     Empty,
+    /// Answer to [`Call::WaitContainer`].
+    Exit {
+        /// Exit code, or 128 + signal number.
+        status: i32,
+    },
 }
 
 /// Error classes, for mapping to containerd's and runc's errors.

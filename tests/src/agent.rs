@@ -48,6 +48,43 @@ pub fn initramfs(agent: &Path) -> Vec<u8> {
     ])
 }
 
+/// An ext4 image of a busybox root file system (Debian's busybox-static),
+/// made with `mkfs.ext4 -d` (no mounting).
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    for applet in ["sh", "cat", "echo", "sleep", "id", "ls", "hostname"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let img = dir.join("rootfs.ext4");
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("32M")
+        .status()
+        .expect("run mkfs.ext4 (e2fsprogs)");
+    assert!(status.success(), "mkfs.ext4 failed");
+    img
+}
+
+/// Opens a stdio stream for `container_id` on the agent.
+pub fn attach(vm: &AgentVm, container_id: &str, stream: protocol::StdioStream) -> UnixStream {
+    let mut s = vm.connect(protocol::STDIO_PORT);
+    protocol::write_message(
+        &mut s,
+        &protocol::StdioAttach {
+            container_id: container_id.to_string(),
+            stream,
+        },
+    )
+    .unwrap();
+    s
+}
+
 /// `vhost-device-vsock`, if installed (scripts/setup.sh installs it).
 pub fn vhost_device_vsock() -> Option<PathBuf> {
     let home = std::env::var("HOME").unwrap_or_default();
@@ -73,6 +110,11 @@ pub struct AgentVm {
 impl AgentVm {
     /// Boots `kernel` with `initrd` in `dir`.
     pub fn boot(dir: &Path, kernel: &Path, initrd: &Path) -> AgentVm {
+        Self::boot_with(dir, kernel, initrd, &[])
+    }
+
+    /// Boots with extra QEMU arguments (devices).
+    pub fn boot_with(dir: &Path, kernel: &Path, initrd: &Path, extra: &[String]) -> AgentVm {
         let daemon_bin = vhost_device_vsock()
             .expect("vhost-device-vsock is not installed (scripts/setup.sh installs it)");
         let vu = dir.join("vu.sock");
@@ -125,6 +167,7 @@ impl AgentVm {
             .arg("-initrd")
             .arg(initrd)
             .args(["-append", "console=ttyS0 reboot=t panic=-1 quiet"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

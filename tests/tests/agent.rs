@@ -65,3 +65,80 @@ fn agent_serves_version_ping_and_shutdown() {
     drop(s);
     assert!(vm.wait_exit(T), "the guest did not shut down");
 }
+
+#[test]
+fn container_runs_with_separate_stdout_stderr_and_exit_code() {
+    let kernel = linux::kernel();
+    let dir = TempDir::new("agent-ctr");
+    let initrd = dir.join("initramfs.cpio");
+    std::fs::write(&initrd, agent::initramfs(&agent::binary())).unwrap();
+    let rootfs = agent::busybox_rootfs(&dir.0);
+    let drive = vec![
+        "-drive".to_string(),
+        format!("id=rootfs,file={},format=raw,if=none", rootfs.display()),
+        "-device".to_string(),
+        "virtio-blk-device,drive=rootfs,serial=rootfs".to_string(),
+    ];
+    let vm = AgentVm::boot_with(&dir.0, &kernel, &initrd, &drive);
+    vm.wait_console("husk-agent ready in", T);
+    let mut s = vm.connect(protocol::AGENT_CONTROL_PORT);
+    match call(&mut s, 1, Call::Version).result {
+        Ok(Reply::Version(v)) => assert_eq!(v.protocol, protocol::PROTOCOL_VERSION),
+        other => panic!("{other:?}"),
+    }
+    let mut out = agent::attach(&vm, "c1", protocol::StdioStream::Stdout);
+    let mut err = agent::attach(&vm, "c1", protocol::StdioStream::Stderr);
+    // Give the attach frames time to land before the container is created.
+    std::thread::sleep(Duration::from_millis(300));
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/sh", "-c", "echo hello; echo oops >&2; hostname; exit 3"],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": {"path": "ignored", "readonly": false},
+        "hostname": "c1",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+    });
+    let rootfs = protocol::Storage {
+        block_serial: "rootfs".into(),
+        fstype: "ext4".into(),
+        read_only: false,
+    };
+    let r = call(
+        &mut s,
+        2,
+        Call::CreateContainer {
+            id: "c1".into(),
+            spec,
+            rootfs,
+        },
+    );
+    assert_eq!(r.result, Ok(Reply::Empty), "{}", vm.wait_console("", T));
+    assert_eq!(
+        call(&mut s, 3, Call::StartContainer { id: "c1".into() }).result,
+        Ok(Reply::Empty)
+    );
+    assert_eq!(
+        call(&mut s, 4, Call::WaitContainer { id: "c1".into() }).result,
+        Ok(Reply::Exit { status: 3 })
+    );
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut err, &mut stderr).unwrap();
+    assert_eq!(stdout, "hello\nc1\n");
+    assert_eq!(stderr, "oops\n");
+    // Unknown containers and bad ids are errors.
+    let r = call(&mut s, 5, Call::StartContainer { id: "nope".into() });
+    assert_eq!(r.result.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        call(&mut s, 6, Call::RemoveContainer { id: "c1".into() }).result,
+        Ok(Reply::Empty)
+    );
+}

@@ -1,0 +1,343 @@
+//! Containers in the guest: root file system from a virtio-blk device,
+//! namespaces, mounts and cgroups set up by libcontainer from the OCI spec,
+//! stdio through pipes copied to the host's stream connections, exit status
+//! reported only after the output was flushed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use protocol::{ErrorCode, ErrorReply, StdioStream, Storage};
+
+use crate::reaper::reaper;
+
+const BUNDLES: &str = "/run/husk/containers";
+const STATE: &str = "/run/husk/state";
+
+struct Entry {
+    container: Container,
+    pid: i32,
+    bundle: PathBuf,
+    copiers: Vec<JoinHandle<()>>,
+    exit: Option<i32>,
+}
+
+type Registry = Mutex<HashMap<String, Arc<Mutex<Entry>>>>;
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        code,
+        message: message.into(),
+    }
+}
+
+fn get(id: &str) -> Result<Arc<Mutex<Entry>>, ErrorReply> {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .cloned()
+        .ok_or_else(|| err(ErrorCode::NotFound, format!("no container {id:?}")))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !id.starts_with('.')
+}
+
+/// The block device whose virtio serial is `serial`.
+fn device_by_serial(serial: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir("/sys/block").ok()?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Ok(s) = std::fs::read_to_string(e.path().join("serial")) else {
+            continue;
+        };
+        if s.trim_end_matches(['\n', '\0']) == serial {
+            return Some(Path::new("/dev").join(name));
+        }
+    }
+    None
+}
+
+fn mount_rootfs(storage: &Storage, target: &Path) -> Result<(), ErrorReply> {
+    let dev = device_by_serial(&storage.block_serial).ok_or_else(|| {
+        err(
+            ErrorCode::NotFound,
+            format!("no block device with serial {:?}", storage.block_serial),
+        )
+    })?;
+    if !matches!(storage.fstype.as_str(), "ext4" | "erofs") {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("rootfs fstype {:?} is not ext4 or erofs", storage.fstype),
+        ));
+    }
+    std::fs::create_dir_all(target).map_err(|e| {
+        err(
+            ErrorCode::Internal,
+            format!("mkdir {}: {e}", target.display()),
+        )
+    })?;
+    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let (src, tgt, fs) = (
+        c(&dev.to_string_lossy()),
+        c(&target.to_string_lossy()),
+        c(&storage.fstype),
+    );
+    let flags = if storage.read_only {
+        libc::MS_RDONLY
+    } else {
+        0
+    };
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fs.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(err(
+            ErrorCode::Internal,
+            format!(
+                "mount {} on {}: {}",
+                dev.display(),
+                target.display(),
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn umount(target: &Path) {
+    let t = std::ffi::CString::new(target.to_string_lossy().as_bytes()).unwrap_or_default();
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ErrorReply> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(err(
+            ErrorCode::Internal,
+            format!("pipe: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Copies `from` to `to` until EOF (or drops the data when there is no `to`).
+fn copier(mut from: File, mut to: Option<File>) -> Option<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("stdio".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if let Some(t) = to.as_mut() {
+                            if t.write_all(&buf[..n]).is_err() {
+                                to = None;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(t) = to.as_mut() {
+                let _ = t.flush();
+            }
+        })
+        .ok()
+}
+
+/// Creates container `id`; its process waits for [`start`].
+pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result<(), ErrorReply> {
+    if !valid_id(id) {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("invalid container id {id:?}"),
+        ));
+    }
+    if registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(id)
+    {
+        return Err(err(
+            ErrorCode::FailedPrecondition,
+            format!("container {id:?} exists"),
+        ));
+    }
+    if !spec.is_object() || spec.get("process").is_none() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            "spec: not an OCI config with a process",
+        ));
+    }
+    let bundle = Path::new(BUNDLES).join(id);
+    let rootfs_dir = bundle.join("rootfs");
+    mount_rootfs(rootfs, &rootfs_dir)?;
+    let readonly = spec
+        .pointer("/root/readonly")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    spec["root"] = serde_json::json!({"path": "rootfs", "readonly": readonly});
+    let cleanup = |e: ErrorReply| {
+        umount(&rootfs_dir);
+        let _ = std::fs::remove_dir_all(&bundle);
+        e
+    };
+    std::fs::write(bundle.join("config.json"), spec.to_string())
+        .map_err(|e| cleanup(err(ErrorCode::Internal, format!("config.json: {e}"))))?;
+
+    let (out_r, out_w) = pipe().map_err(cleanup)?;
+    let (err_r, err_w) = pipe().map_err(cleanup)?;
+    let (in_r, in_w) = pipe().map_err(cleanup)?;
+    let _ = std::fs::create_dir_all(STATE);
+    let built = {
+        // libcontainer waits for its own intermediate process.
+        let _hold = reaper().hold();
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(STATE)
+            .map(|b| {
+                b.with_stdin(in_r)
+                    .with_stdout(out_w)
+                    .with_stderr(err_w)
+                    .as_init(&bundle)
+                    .with_systemd(false)
+                    .with_detach(true)
+                    // The guest's root is the initramfs, where pivot_root(2)
+                    // is refused: move the root and chroot instead.
+                    .with_no_pivot(true)
+            })
+            .and_then(|b| b.build())
+    };
+    let container =
+        built.map_err(|e| cleanup(err(ErrorCode::Internal, format!("create container: {e}"))))?;
+    let pid = container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| cleanup(err(ErrorCode::Internal, "container has no process")))?;
+
+    let mut copiers = Vec::new();
+    copiers.extend(copier(
+        File::from(out_r),
+        crate::stdio::take(id, StdioStream::Stdout),
+    ));
+    copiers.extend(copier(
+        File::from(err_r),
+        crate::stdio::take(id, StdioStream::Stderr),
+    ));
+    match crate::stdio::take(id, StdioStream::Stdin) {
+        // Host input to the process; closing the connection closes stdin.
+        Some(conn) => {
+            let _ = copier(conn, Some(File::from(in_w)));
+        }
+        None => drop(in_w),
+    }
+    registry().lock().unwrap_or_else(|e| e.into_inner()).insert(
+        id.to_string(),
+        Arc::new(Mutex::new(Entry {
+            container,
+            pid,
+            bundle,
+            copiers,
+            exit: None,
+        })),
+    );
+    Ok(())
+}
+
+/// Runs the container's process.
+pub fn start(id: &str) -> Result<(), ErrorReply> {
+    let entry = get(id)?;
+    let mut e = entry.lock().unwrap_or_else(|e| e.into_inner());
+    e.container
+        .start()
+        .map_err(|x| err(ErrorCode::FailedPrecondition, format!("start {id}: {x}")))
+}
+
+/// Waits for the process to exit and its output to reach the host.
+pub fn wait(id: &str) -> Result<i32, ErrorReply> {
+    let entry = get(id)?;
+    let pid = {
+        let e = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(code) = e.exit {
+            return Ok(code);
+        }
+        e.pid
+    };
+    let code = reaper().wait(pid);
+    let mut e = entry.lock().unwrap_or_else(|e| e.into_inner());
+    for c in e.copiers.drain(..) {
+        let _ = c.join();
+    }
+    e.exit = Some(code);
+    Ok(code)
+}
+
+/// Sends `signal` to the container's process.
+pub fn signal(id: &str, signal: i32) -> Result<(), ErrorReply> {
+    let entry = get(id)?;
+    let sig = Signal::try_from(signal).map_err(|_| {
+        err(
+            ErrorCode::InvalidArgument,
+            format!("invalid signal {signal}"),
+        )
+    })?;
+    let mut e = entry.lock().unwrap_or_else(|e| e.into_inner());
+    e.container
+        .kill(sig, false)
+        .map_err(|x| err(ErrorCode::FailedPrecondition, format!("signal {id}: {x}")))
+}
+
+/// Removes a container whose process has exited (or never started).
+pub fn remove(id: &str) -> Result<(), ErrorReply> {
+    let entry = get(id)?;
+    {
+        let mut e = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if e.exit.is_none() && reaper().peek(e.pid).is_none() {
+            let started = e.container.status() != libcontainer::container::ContainerStatus::Created;
+            if started {
+                return Err(err(
+                    ErrorCode::FailedPrecondition,
+                    format!("container {id} is running"),
+                ));
+            }
+        }
+        let _ = e.container.delete(true);
+        umount(&e.bundle.join("rootfs"));
+        let _ = std::fs::remove_dir_all(&e.bundle);
+    }
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id);
+    Ok(())
+}

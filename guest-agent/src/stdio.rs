@@ -1,0 +1,57 @@
+//! Container stdio over vsock: the host opens one connection per stream on
+//! [`protocol::STDIO_PORT`], sends a [`protocol::StdioAttach`] frame, then
+//! raw bytes. Connections wait here until the container they name is
+//! created.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Mutex, OnceLock};
+
+use protocol::{StdioAttach, StdioStream};
+
+use crate::vsock::VsockListener;
+
+type Key = (String, StdioStream);
+
+fn pending() -> &'static Mutex<HashMap<Key, File>> {
+    static PENDING: OnceLock<Mutex<HashMap<Key, File>>> = OnceLock::new();
+    PENDING.get_or_init(Default::default)
+}
+
+/// Most attached streams waiting for their container.
+const MAX_PENDING: usize = 256;
+
+/// Takes the attached connection for a container's stream, if any.
+pub fn take(container_id: &str, stream: StdioStream) -> Option<File> {
+    pending()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(container_id.to_string(), stream))
+}
+
+fn attach(mut conn: File) {
+    let Ok(hello) = protocol::read_message::<_, StdioAttach>(&mut conn) else {
+        return;
+    };
+    let mut map = pending().lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() < MAX_PENDING {
+        map.insert((hello.container_id, hello.stream), conn);
+    }
+}
+
+/// Accepts stdio connections forever.
+pub fn serve(listener: VsockListener) {
+    loop {
+        match listener.accept() {
+            Ok(conn) => {
+                let _ = std::thread::Builder::new()
+                    .name("stdio-attach".into())
+                    .spawn(move || attach(conn));
+            }
+            Err(e) => {
+                crate::log(&format!("stdio accept failed: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
