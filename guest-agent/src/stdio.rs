@@ -1,7 +1,7 @@
 //! Container stdio over vsock: the host opens one connection per stream on
-//! [`protocol::STDIO_PORT`], sends a [`protocol::StdioAttach`] frame, then
-//! raw bytes. Connections wait here until the container they name is
-//! created.
+//! [`protocol::STDIO_PORT`], sends a [`protocol::StdioAttach`] frame, reads
+//! one [`protocol::Response`] frame, then the connection carries raw bytes.
+//! Connections wait here until the container they name is created.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,12 +30,37 @@ pub fn take(container_id: &str, stream: StdioStream) -> Option<File> {
 }
 
 fn attach(mut conn: File) {
-    let Ok(hello) = protocol::read_message::<_, StdioAttach>(&mut conn) else {
-        return;
+    let hello = match protocol::read_message::<_, StdioAttach>(&mut conn) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = protocol::write_message(&mut conn, &answer(Err(e.to_string())));
+            return;
+        }
     };
     let mut map = pending().lock().unwrap_or_else(|e| e.into_inner());
-    if map.len() < MAX_PENDING {
-        map.insert((hello.container_id, hello.stream), conn);
+    if map.len() >= MAX_PENDING {
+        drop(map);
+        let _ = protocol::write_message(&mut conn, &answer(Err("too many streams".into())));
+        return;
+    }
+    // Registered before the answer: a create sent after it finds the stream.
+    let reply = conn.try_clone();
+    map.insert((hello.container_id, hello.stream), conn);
+    drop(map);
+    if let Ok(mut reply) = reply {
+        let _ = protocol::write_message(&mut reply, &answer(Ok(())));
+    }
+}
+
+fn answer(result: Result<(), String>) -> protocol::Response {
+    protocol::Response {
+        id: 0,
+        result: result
+            .map(|()| protocol::Reply::Empty)
+            .map_err(|message| protocol::ErrorReply {
+                code: protocol::ErrorCode::InvalidArgument,
+                message,
+            }),
     }
 }
 

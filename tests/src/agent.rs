@@ -82,6 +82,12 @@ pub fn attach(vm: &AgentVm, container_id: &str, stream: protocol::StdioStream) -
         },
     )
     .unwrap();
+    let ack: protocol::Response = protocol::read_message(&mut s).expect("stdio attach answer");
+    assert_eq!(
+        ack.result,
+        Ok(protocol::Reply::Empty),
+        "stdio attach refused"
+    );
     s
 }
 

@@ -88,8 +88,6 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
     }
     let mut out = agent::attach(&vm, "c1", protocol::StdioStream::Stdout);
     let mut err = agent::attach(&vm, "c1", protocol::StdioStream::Stderr);
-    // Give the attach frames time to land before the container is created.
-    std::thread::sleep(Duration::from_millis(300));
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
