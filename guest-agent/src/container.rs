@@ -176,6 +176,28 @@ fn copier(mut from: File, mut to: Option<File>) -> Option<JoinHandle<()>> {
         .ok()
 }
 
+/// What is waiting in a pipe, without blocking (at most 4 KiB).
+fn drain_nonblocking(mut f: File) -> String {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = vec![0u8; 4096];
+    let n = f.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// An error with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Creates container `id`; its process waits for [`start`].
 pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result<(), ErrorReply> {
     if !valid_id(id) {
@@ -238,8 +260,23 @@ pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result
             })
             .and_then(|b| b.build())
     };
-    let container =
-        built.map_err(|e| cleanup(err(ErrorCode::Internal, format!("create container: {e}"))))?;
+    let container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            // The set-up process reports its failure on the container's
+            // stderr: add what it said.
+            let detail = drain_nonblocking(File::from(err_r));
+            let said: Vec<&str> = detail
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            return Err(cleanup(err(
+                ErrorCode::Internal,
+                format!("create container: {} [{}]", chain(&e), said.join(" | ")),
+            )));
+        }
+    };
     let pid = container
         .pid()
         .map(|p| p.as_raw())

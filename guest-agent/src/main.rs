@@ -23,6 +23,14 @@ fn log(msg: &str) {
 }
 
 fn main() -> ExitCode {
+    // Container set-up errors (libcontainer) go to stderr: the console, or
+    // inside a container's set-up its stderr, whence create errors quote
+    // them. Errors only: nothing else may appear on a container's stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::ERROR)
+        .without_time()
+        .try_init();
     let pid1 = std::process::id() == 1;
     if pid1 {
         if let Err(e) = init::setup() {

@@ -72,10 +72,10 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
     let dir = TempDir::new("agent-ctr");
     let initrd = dir.join("initramfs.cpio");
     std::fs::write(&initrd, agent::initramfs(&agent::binary())).unwrap();
-    let rootfs = agent::busybox_rootfs(&dir.0);
+    let rootfs_img = agent::busybox_rootfs(&dir.0);
     let drive = vec![
         "-drive".to_string(),
-        format!("id=rootfs,file={},format=raw,if=none", rootfs.display()),
+        format!("id=rootfs,file={},format=raw,if=none", rootfs_img.display()),
         "-device".to_string(),
         "virtio-blk-device,drive=rootfs,serial=rootfs".to_string(),
     ];
@@ -100,10 +100,10 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
         },
         "root": {"path": "ignored", "readonly": false},
         "hostname": "c1",
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "mounts": default_mounts(),
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
     });
-    let rootfs = protocol::Storage {
+    let c1_rootfs = protocol::Storage {
         block_serial: "rootfs".into(),
         fstype: "ext4".into(),
         read_only: false,
@@ -114,7 +114,7 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
         Call::CreateContainer {
             id: "c1".into(),
             spec,
-            rootfs,
+            rootfs: c1_rootfs,
         },
     );
     assert_eq!(r.result, Ok(Reply::Empty), "{}", vm.wait_console("", T));
@@ -139,4 +139,224 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
         call(&mut s, 6, Call::RemoveContainer { id: "c1".into() }).result,
         Ok(Reply::Empty)
     );
+
+    // stdin round-trips: `cat` echoes what the host sends until it closes.
+    let mut input = agent::attach(&vm, "c2", protocol::StdioStream::Stdin);
+    let mut out = agent::attach(&vm, "c2", protocol::StdioStream::Stdout);
+    let r = call(
+        &mut s,
+        7,
+        Call::CreateContainer {
+            id: "c2".into(),
+            spec: spec_for(&["/bin/cat"]),
+            rootfs: rootfs(),
+        },
+    );
+    assert_eq!(r.result, Ok(Reply::Empty));
+    assert_eq!(
+        call(&mut s, 8, Call::StartContainer { id: "c2".into() }).result,
+        Ok(Reply::Empty)
+    );
+    std::io::Write::write_all(&mut input, b"ping over stdin\n").unwrap();
+    drop(input);
+    let mut echoed = String::new();
+    std::io::Read::read_to_string(&mut out, &mut echoed).unwrap();
+    assert_eq!(echoed, "ping over stdin\n");
+    assert_eq!(
+        call(&mut s, 9, Call::WaitContainer { id: "c2".into() }).result,
+        Ok(Reply::Exit { status: 0 })
+    );
+    assert_eq!(
+        call(&mut s, 10, Call::RemoveContainer { id: "c2".into() }).result,
+        Ok(Reply::Empty)
+    );
+
+    // A signal reaches the process; SIGKILL is reported as 137. A running
+    // container cannot be removed.
+    let r = call(
+        &mut s,
+        11,
+        Call::CreateContainer {
+            id: "c3".into(),
+            spec: spec_for(&["/bin/sleep", "1000"]),
+            rootfs: rootfs(),
+        },
+    );
+    assert_eq!(r.result, Ok(Reply::Empty));
+    assert_eq!(
+        call(&mut s, 12, Call::StartContainer { id: "c3".into() }).result,
+        Ok(Reply::Empty)
+    );
+    let r = call(&mut s, 13, Call::RemoveContainer { id: "c3".into() });
+    assert_eq!(r.result.unwrap_err().code, ErrorCode::FailedPrecondition);
+    assert_eq!(
+        call(
+            &mut s,
+            14,
+            Call::SignalContainer {
+                id: "c3".into(),
+                signal: 9
+            }
+        )
+        .result,
+        Ok(Reply::Empty)
+    );
+    assert_eq!(
+        call(&mut s, 15, Call::WaitContainer { id: "c3".into() }).result,
+        Ok(Reply::Exit { status: 137 })
+    );
+    assert_eq!(
+        call(&mut s, 16, Call::RemoveContainer { id: "c3".into() }).result,
+        Ok(Reply::Empty)
+    );
+}
+
+fn rootfs() -> protocol::Storage {
+    protocol::Storage {
+        block_serial: "rootfs".into(),
+        fstype: "ext4".into(),
+        read_only: false,
+    }
+}
+
+fn spec_for(args: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": "ignored", "readonly": false},
+        "mounts": default_mounts(),
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+    })
+}
+
+/// The mounts of `runc spec`'s default config: a fresh /dev per container.
+fn default_mounts() -> serde_json::Value {
+    serde_json::json!([
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+    ])
+}
+
+/// Runs `args` in container `id` with `extra` merged into the spec; returns
+/// (exit status, stdout, stderr).
+fn run(
+    vm: &AgentVm,
+    s: &mut std::os::unix::net::UnixStream,
+    id: &str,
+    args: &[&str],
+    extra: serde_json::Value,
+) -> (i32, String, String) {
+    let mut out = agent::attach(vm, id, protocol::StdioStream::Stdout);
+    let mut err = agent::attach(vm, id, protocol::StdioStream::Stderr);
+    let mut spec = spec_for(args);
+    merge(&mut spec, extra);
+    let r = call(
+        s,
+        100,
+        Call::CreateContainer {
+            id: id.into(),
+            spec,
+            rootfs: rootfs(),
+        },
+    );
+    if r.result != Ok(Reply::Empty) {
+        err.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut e = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut e);
+        panic!(
+            "create {id}: {:?}; container stderr: {}",
+            r.result,
+            String::from_utf8_lossy(&e)
+        );
+    }
+    assert_eq!(
+        call(s, 101, Call::StartContainer { id: id.into() }).result,
+        Ok(Reply::Empty)
+    );
+    let status = match call(s, 102, Call::WaitContainer { id: id.into() }).result {
+        Ok(Reply::Exit { status }) => status,
+        other => panic!("wait {id}: {other:?}"),
+    };
+    let mut o = String::new();
+    std::io::Read::read_to_string(&mut out, &mut o).unwrap();
+    let mut e = String::new();
+    std::io::Read::read_to_string(&mut err, &mut e).unwrap();
+    assert_eq!(
+        call(s, 103, Call::RemoveContainer { id: id.into() }).result,
+        Ok(Reply::Empty)
+    );
+    (status, o, e)
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+#[test]
+fn container_spec_is_honoured() {
+    let kernel = linux::kernel();
+    let dir = TempDir::new("agent-spec");
+    let initrd = dir.join("initramfs.cpio");
+    std::fs::write(&initrd, agent::initramfs(&agent::binary())).unwrap();
+    let rootfs_img = agent::busybox_rootfs(&dir.0);
+    let drive = vec![
+        "-drive".to_string(),
+        format!("id=rootfs,file={},format=raw,if=none", rootfs_img.display()),
+        "-device".to_string(),
+        "virtio-blk-device,drive=rootfs,serial=rootfs".to_string(),
+    ];
+    let vm = AgentVm::boot_with(&dir.0, &kernel, &initrd, &drive);
+    vm.wait_console("husk-agent ready in", T);
+    let mut s = vm.connect(protocol::AGENT_CONTROL_PORT);
+
+    // User and groups.
+    let (st, out, _) = run(
+        &vm,
+        &mut s,
+        "uid",
+        &["/bin/sh", "-c", "id -u; id -g"],
+        serde_json::json!({"process": {"user": {"uid": 1000, "gid": 1001}}}),
+    );
+    assert_eq!((st, out.as_str()), (0, "1000\n1001\n"));
+
+    // Own pid namespace: the process is pid 1 in each container.
+    let (st, out, _) = run(
+        &vm,
+        &mut s,
+        "pid",
+        &["/bin/sh", "-c", "echo $$"],
+        serde_json::json!({}),
+    );
+    assert_eq!((st, out.as_str()), (0, "1\n"));
+
+    // Read-only root file system.
+    let (st, _, err) = run(
+        &vm,
+        &mut s,
+        "ro",
+        &["/bin/sh", "-c", "echo x > /file"],
+        serde_json::json!({"root": {"readonly": true}}),
+    );
+    assert_ne!(st, 0);
+    assert!(err.contains("Read-only file system"), "{err}");
+
+    // Environment and working directory.
+    let (st, out, _) = run(
+        &vm,
+        &mut s,
+        "env",
+        &["/bin/sh", "-c", "echo $GREETING; pwd"],
+        serde_json::json!({"process": {"env": ["PATH=/bin", "GREETING=hi"], "cwd": "/tmp"}}),
+    );
+    assert_eq!((st, out.as_str()), (0, "hi\n/tmp\n"));
 }
