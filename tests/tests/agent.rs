@@ -359,4 +359,26 @@ fn container_spec_is_honoured() {
         serde_json::json!({"process": {"env": ["PATH=/bin", "GREETING=hi"], "cwd": "/tmp"}}),
     );
     assert_eq!((st, out.as_str()), (0, "hi\n/tmp\n"));
+
+    // cgroup v2 pids limit: with at most 4 tasks the shell cannot start a
+    // fifth (without the limit this loop succeeds).
+    let (st, _, err) = run(
+        &vm,
+        &mut s,
+        "pids",
+        &["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do sleep 5 & done"],
+        serde_json::json!({"linux": {"cgroupsPath": "/husk/pids", "resources": {"pids": {"limit": 4}}}}),
+    );
+    assert_ne!(st, 0, "{err}");
+    assert!(err.contains("fork"), "{err}");
+
+    // cgroup v2 memory limit: going past it gets the process OOM-killed.
+    let (st, _, _) = run(
+        &vm,
+        &mut s,
+        "oom",
+        &["/bin/sh", "-c", "x=a; while :; do x=$x$x; done"],
+        serde_json::json!({"linux": {"cgroupsPath": "/husk/oom", "resources": {"memory": {"limit": 16777216, "swap": 16777216}}}}),
+    );
+    assert_eq!(st, 137, "not killed by the memory limit");
 }
