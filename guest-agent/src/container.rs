@@ -28,7 +28,18 @@ struct Entry {
     bundle: PathBuf,
     copiers: Vec<JoinHandle<()>>,
     exit: Option<i32>,
+    execs: HashMap<String, Exec>,
 }
+
+/// A process exec'd into a container.
+struct Exec {
+    pid: i32,
+    copiers: Vec<JoinHandle<()>>,
+    exit: Option<i32>,
+}
+
+/// Most exec'd processes remembered per container.
+const MAX_EXECS: usize = 1024;
 
 type Registry = Mutex<HashMap<String, Arc<Mutex<Entry>>>>;
 
@@ -285,13 +296,13 @@ pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result
     let mut copiers = Vec::new();
     copiers.extend(copier(
         File::from(out_r),
-        crate::stdio::take(id, StdioStream::Stdout),
+        crate::stdio::take(id, "", StdioStream::Stdout),
     ));
     copiers.extend(copier(
         File::from(err_r),
-        crate::stdio::take(id, StdioStream::Stderr),
+        crate::stdio::take(id, "", StdioStream::Stderr),
     ));
-    match crate::stdio::take(id, StdioStream::Stdin) {
+    match crate::stdio::take(id, "", StdioStream::Stdin) {
         // Host input to the process; closing the connection closes stdin.
         Some(conn) => {
             let _ = copier(conn, Some(File::from(in_w)));
@@ -306,6 +317,7 @@ pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result
             bundle,
             copiers,
             exit: None,
+            execs: HashMap::new(),
         })),
     );
     Ok(())
@@ -352,6 +364,130 @@ pub fn signal(id: &str, signal: i32) -> Result<(), ErrorReply> {
     e.container
         .kill(sig, false)
         .map_err(|x| err(ErrorCode::FailedPrecondition, format!("signal {id}: {x}")))
+}
+
+/// Pipes for a process's stdio, connected to the host streams attached for
+/// (`id`, `exec_id`): the process's ends and the copy threads.
+fn process_stdio(
+    id: &str,
+    exec_id: &str,
+) -> Result<((OwnedFd, OwnedFd, OwnedFd), Vec<JoinHandle<()>>), ErrorReply> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (in_r, in_w) = pipe()?;
+    let mut copiers = Vec::new();
+    copiers.extend(copier(
+        File::from(out_r),
+        crate::stdio::take(id, exec_id, StdioStream::Stdout),
+    ));
+    copiers.extend(copier(
+        File::from(err_r),
+        crate::stdio::take(id, exec_id, StdioStream::Stderr),
+    ));
+    if let Some(conn) = crate::stdio::take(id, exec_id, StdioStream::Stdin) {
+        let _ = copier(conn, Some(File::from(in_w)));
+    }
+    Ok(((in_r, out_w, err_w), copiers))
+}
+
+/// Runs a process in running container `id`.
+pub fn exec(
+    id: &str,
+    exec_id: &str,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: Option<String>,
+) -> Result<(), ErrorReply> {
+    if !valid_id(exec_id) {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("invalid exec id {exec_id:?}"),
+        ));
+    }
+    if args.is_empty() {
+        return Err(err(ErrorCode::InvalidArgument, "exec: args are empty"));
+    }
+    let entry = get(id)?;
+    {
+        let e = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if e.exit.is_some() || reaper().peek(e.pid).is_some() {
+            return Err(err(
+                ErrorCode::FailedPrecondition,
+                format!("container {id} is not running"),
+            ));
+        }
+        if e.execs.contains_key(exec_id) || e.execs.len() >= MAX_EXECS {
+            return Err(err(
+                ErrorCode::FailedPrecondition,
+                format!("exec {exec_id:?} exists in {id}"),
+            ));
+        }
+    }
+    let env: HashMap<String, String> = env
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let ((stdin, stdout, stderr), copiers) = process_stdio(id, exec_id)?;
+    let built = {
+        let _hold = reaper().hold();
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(STATE)
+            .map(|b| {
+                b.with_stdin(stdin)
+                    .with_stdout(stdout)
+                    .with_stderr(stderr)
+                    .as_tenant()
+                    .with_container_args(args)
+                    .with_env(env)
+                    .with_cwd(cwd)
+                    .with_detach(true)
+            })
+            .and_then(|b| b.build())
+    };
+    let pid = built
+        .map_err(|e| err(ErrorCode::Internal, format!("exec in {id}: {}", chain(&e))))?
+        .as_raw();
+    entry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .execs
+        .insert(
+            exec_id.to_string(),
+            Exec {
+                pid,
+                copiers,
+                exit: None,
+            },
+        );
+    Ok(())
+}
+
+/// Waits for an exec'd process to exit and its output to reach the host.
+pub fn wait_exec(id: &str, exec_id: &str) -> Result<i32, ErrorReply> {
+    let entry = get(id)?;
+    let pid = {
+        let e = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let x = e
+            .execs
+            .get(exec_id)
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("no exec {exec_id:?} in {id}")))?;
+        if let Some(code) = x.exit {
+            return Ok(code);
+        }
+        x.pid
+    };
+    let code = reaper().wait(pid);
+    let mut e = entry.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(x) = e.execs.get_mut(exec_id) {
+        for c in x.copiers.drain(..) {
+            let _ = c.join();
+        }
+        x.exit = Some(code);
+    }
+    Ok(code)
 }
 
 /// Removes a container whose process has exited (or never started).

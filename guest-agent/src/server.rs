@@ -57,6 +57,24 @@ fn handle(call: Call, ready_ms: u64) -> (Result<Reply, ErrorReply>, bool) {
         Call::RemoveContainer { id } => {
             (crate::container::remove(&id).map(|()| Reply::Empty), false)
         }
+        Call::ExecProcess {
+            container_id,
+            exec_id,
+            args,
+            env,
+            cwd,
+        } => (
+            crate::container::exec(&container_id, &exec_id, args, env, cwd).map(|()| Reply::Empty),
+            false,
+        ),
+        Call::WaitExec {
+            container_id,
+            exec_id,
+        } => (
+            crate::container::wait_exec(&container_id, &exec_id)
+                .map(|status| Reply::Exit { status }),
+            false,
+        ),
     }
 }
 

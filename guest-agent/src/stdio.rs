@@ -11,7 +11,7 @@ use protocol::{StdioAttach, StdioStream};
 
 use crate::vsock::VsockListener;
 
-type Key = (String, StdioStream);
+type Key = (String, String, StdioStream);
 
 fn pending() -> &'static Mutex<HashMap<Key, File>> {
     static PENDING: OnceLock<Mutex<HashMap<Key, File>>> = OnceLock::new();
@@ -21,12 +21,13 @@ fn pending() -> &'static Mutex<HashMap<Key, File>> {
 /// Most attached streams waiting for their container.
 const MAX_PENDING: usize = 256;
 
-/// Takes the attached connection for a container's stream, if any.
-pub fn take(container_id: &str, stream: StdioStream) -> Option<File> {
+/// Takes the attached connection for a process's stream, if any
+/// (`exec_id` empty for the container's own process).
+pub fn take(container_id: &str, exec_id: &str, stream: StdioStream) -> Option<File> {
     pending()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&(container_id.to_string(), stream))
+        .remove(&(container_id.to_string(), exec_id.to_string(), stream))
 }
 
 fn attach(mut conn: File) {
@@ -45,7 +46,7 @@ fn attach(mut conn: File) {
     }
     // Registered before the answer: a create sent after it finds the stream.
     let reply = conn.try_clone();
-    map.insert((hello.container_id, hello.stream), conn);
+    map.insert((hello.container_id, hello.exec_id, hello.stream), conn);
     drop(map);
     if let Ok(mut reply) = reply {
         let _ = protocol::write_message(&mut reply, &answer(Ok(())));

@@ -62,6 +62,29 @@ pub enum Call {
         /// Container ID.
         id: String,
     },
+    /// Runs another process in a running container. Attach its stdio
+    /// streams (with `exec_id`) before this call.
+    ExecProcess {
+        /// Container ID.
+        container_id: String,
+        /// Name of this process, unique in the container.
+        exec_id: String,
+        /// Command and arguments.
+        args: Vec<String>,
+        /// Environment (`NAME=value`).
+        #[serde(default)]
+        env: Vec<String>,
+        /// Working directory.
+        #[serde(default)]
+        cwd: Option<String>,
+    },
+    /// Waits for an exec'd process to exit (no host-side timeout).
+    WaitExec {
+        /// Container ID.
+        container_id: String,
+        /// The process.
+        exec_id: String,
+    },
 }
 
 /// A file system for the guest to mount.
@@ -95,6 +118,9 @@ pub enum StdioStream {
 pub struct StdioAttach {
     /// Container ID.
     pub container_id: String,
+    /// For an exec'd process, its `exec_id`; empty for the container's own.
+    #[serde(default)]
+    pub exec_id: String,
     /// Stream.
     pub stream: StdioStream,
 }

@@ -71,13 +71,25 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     img
 }
 
-/// Opens a stdio stream for `container_id` on the agent.
+/// Opens a stdio stream for `container_id`'s own process on the agent.
 pub fn attach(vm: &AgentVm, container_id: &str, stream: protocol::StdioStream) -> UnixStream {
+    attach_exec(vm, container_id, "", stream)
+}
+
+/// Opens a stdio stream for a process (`exec_id`, empty for the container's
+/// own) on the agent.
+pub fn attach_exec(
+    vm: &AgentVm,
+    container_id: &str,
+    exec_id: &str,
+    stream: protocol::StdioStream,
+) -> UnixStream {
     let mut s = vm.connect(protocol::STDIO_PORT);
     protocol::write_message(
         &mut s,
         &protocol::StdioAttach {
             container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
             stream,
         },
     )

@@ -187,6 +187,47 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
         call(&mut s, 12, Call::StartContainer { id: "c3".into() }).result,
         Ok(Reply::Empty)
     );
+    // exec: a second process in the running container sees its files and
+    // pid namespace (the container's process is pid 1 there).
+    let mut xout = agent::attach_exec(&vm, "c3", "x1", protocol::StdioStream::Stdout);
+    let r = call(
+        &mut s,
+        30,
+        Call::ExecProcess {
+            container_id: "c3".into(),
+            exec_id: "x1".into(),
+            args: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo exec $MSG; cat /proc/1/cmdline; echo; exit 7".into(),
+            ],
+            env: vec!["PATH=/bin".into(), "MSG=works".into()],
+            cwd: Some("/".into()),
+        },
+    );
+    assert_eq!(r.result, Ok(Reply::Empty));
+    let r = call(
+        &mut s,
+        31,
+        Call::WaitExec {
+            container_id: "c3".into(),
+            exec_id: "x1".into(),
+        },
+    );
+    assert_eq!(r.result, Ok(Reply::Exit { status: 7 }));
+    let mut xs = String::new();
+    std::io::Read::read_to_string(&mut xout, &mut xs).unwrap();
+    assert_eq!(xs, "exec works\n/bin/sleep\u{0}1000\u{0}\n");
+    let r = call(
+        &mut s,
+        32,
+        Call::WaitExec {
+            container_id: "c3".into(),
+            exec_id: "nope".into(),
+        },
+    );
+    assert_eq!(r.result.unwrap_err().code, ErrorCode::NotFound);
+
     let r = call(&mut s, 13, Call::RemoveContainer { id: "c3".into() });
     assert_eq!(r.result.unwrap_err().code, ErrorCode::FailedPrecondition);
     assert_eq!(
