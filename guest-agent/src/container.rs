@@ -366,12 +366,18 @@ pub fn signal(id: &str, signal: i32) -> Result<(), ErrorReply> {
         .map_err(|x| err(ErrorCode::FailedPrecondition, format!("signal {id}: {x}")))
 }
 
+/// A process's ends of its stdio pipes, and the threads copying the other
+/// ends to and from the host.
+struct ProcessStdio {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    copiers: Vec<JoinHandle<()>>,
+}
+
 /// Pipes for a process's stdio, connected to the host streams attached for
-/// (`id`, `exec_id`): the process's ends and the copy threads.
-fn process_stdio(
-    id: &str,
-    exec_id: &str,
-) -> Result<((OwnedFd, OwnedFd, OwnedFd), Vec<JoinHandle<()>>), ErrorReply> {
+/// (`id`, `exec_id`).
+fn process_stdio(id: &str, exec_id: &str) -> Result<ProcessStdio, ErrorReply> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (in_r, in_w) = pipe()?;
@@ -387,7 +393,12 @@ fn process_stdio(
     if let Some(conn) = crate::stdio::take(id, exec_id, StdioStream::Stdin) {
         let _ = copier(conn, Some(File::from(in_w)));
     }
-    Ok(((in_r, out_w, err_w), copiers))
+    Ok(ProcessStdio {
+        stdin: in_r,
+        stdout: out_w,
+        stderr: err_w,
+        copiers,
+    })
 }
 
 /// Runs a process in running container `id`.
@@ -430,7 +441,12 @@ pub fn exec(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
-    let ((stdin, stdout, stderr), copiers) = process_stdio(id, exec_id)?;
+    let ProcessStdio {
+        stdin,
+        stdout,
+        stderr,
+        copiers,
+    } = process_stdio(id, exec_id)?;
     let built = {
         let _hold = reaper().hold();
         ContainerBuilder::new(id.to_string(), SyscallType::default())
