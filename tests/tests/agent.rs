@@ -370,6 +370,55 @@ fn container_spec_is_honoured() {
     );
     assert_eq!((st, out.as_str()), (0, "1000\n1001\n"));
 
+    // Two containers at once: the second is pid 1 in its own namespace
+    // while the first keeps running.
+    let r = call(
+        &mut s,
+        40,
+        Call::CreateContainer {
+            id: "bg".into(),
+            spec: spec_for(&["/bin/sleep", "1000"]),
+            rootfs: rootfs(),
+        },
+    );
+    assert_eq!(r.result, Ok(Reply::Empty));
+    assert_eq!(
+        call(&mut s, 41, Call::StartContainer { id: "bg".into() }).result,
+        Ok(Reply::Empty)
+    );
+    let (st, out, _) = run(
+        &vm,
+        &mut s,
+        "fg",
+        &["/bin/sh", "-c", "echo $$; echo /proc/[0-9]*"],
+        serde_json::json!({}),
+    );
+    assert_eq!(
+        (st, out.as_str()),
+        (0, "1\n/proc/1\n"),
+        "sees only its own processes"
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            42,
+            Call::SignalContainer {
+                id: "bg".into(),
+                signal: 9
+            }
+        )
+        .result,
+        Ok(Reply::Empty)
+    );
+    assert_eq!(
+        call(&mut s, 43, Call::WaitContainer { id: "bg".into() }).result,
+        Ok(Reply::Exit { status: 137 })
+    );
+    assert_eq!(
+        call(&mut s, 44, Call::RemoveContainer { id: "bg".into() }).result,
+        Ok(Reply::Empty)
+    );
+
     // Own pid namespace: the process is pid 1 in each container.
     let (st, out, _) = run(
         &vm,
