@@ -68,19 +68,8 @@ fn agent_serves_version_ping_and_shutdown() {
 
 #[test]
 fn container_runs_with_separate_stdout_stderr_and_exit_code() {
-    let kernel = linux::kernel();
     let dir = TempDir::new("agent-ctr");
-    let initrd = dir.join("initramfs.cpio");
-    std::fs::write(&initrd, agent::initramfs(&agent::binary())).unwrap();
-    let rootfs_img = agent::busybox_rootfs(&dir.0);
-    let drive = vec![
-        "-drive".to_string(),
-        format!("id=rootfs,file={},format=raw,if=none", rootfs_img.display()),
-        "-device".to_string(),
-        "virtio-blk-device,drive=rootfs,serial=rootfs".to_string(),
-    ];
-    let vm = AgentVm::boot_with(&dir.0, &kernel, &initrd, &drive);
-    vm.wait_console("husk-agent ready in", T);
+    let vm = boot_with_rootfs(&dir);
     let mut s = vm.connect(protocol::AGENT_CONTROL_PORT);
     match call(&mut s, 1, Call::Version).result {
         Ok(Reply::Version(v)) => assert_eq!(v.protocol, protocol::PROTOCOL_VERSION),
@@ -252,6 +241,24 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
     );
 }
 
+/// Boots the agent with a busybox root file system drive (serial `rootfs`)
+/// and waits until it serves.
+fn boot_with_rootfs(dir: &TempDir) -> AgentVm {
+    let kernel = linux::kernel();
+    let initrd = dir.join("initramfs.cpio");
+    std::fs::write(&initrd, agent::initramfs(&agent::binary())).unwrap();
+    let rootfs_img = agent::busybox_rootfs(&dir.0);
+    let drive = vec![
+        "-drive".to_string(),
+        format!("id=rootfs,file={},format=raw,if=none", rootfs_img.display()),
+        "-device".to_string(),
+        "virtio-blk-device,drive=rootfs,serial=rootfs".to_string(),
+    ];
+    let vm = AgentVm::boot_with(&dir.0, &kernel, &initrd, &drive);
+    vm.wait_console("husk-agent ready in", T);
+    vm
+}
+
 fn rootfs() -> protocol::Storage {
     protocol::Storage {
         block_serial: "rootfs".into(),
@@ -345,19 +352,8 @@ fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
 
 #[test]
 fn container_spec_is_honoured() {
-    let kernel = linux::kernel();
     let dir = TempDir::new("agent-spec");
-    let initrd = dir.join("initramfs.cpio");
-    std::fs::write(&initrd, agent::initramfs(&agent::binary())).unwrap();
-    let rootfs_img = agent::busybox_rootfs(&dir.0);
-    let drive = vec![
-        "-drive".to_string(),
-        format!("id=rootfs,file={},format=raw,if=none", rootfs_img.display()),
-        "-device".to_string(),
-        "virtio-blk-device,drive=rootfs,serial=rootfs".to_string(),
-    ];
-    let vm = AgentVm::boot_with(&dir.0, &kernel, &initrd, &drive);
-    vm.wait_console("husk-agent ready in", T);
+    let vm = boot_with_rootfs(&dir);
     let mut s = vm.connect(protocol::AGENT_CONTROL_PORT);
 
     // User and groups.
