@@ -249,9 +249,7 @@ pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result
     std::fs::write(bundle.join("config.json"), spec.to_string())
         .map_err(|e| cleanup(err(ErrorCode::Internal, format!("config.json: {e}"))))?;
 
-    let (out_r, out_w) = pipe().map_err(cleanup)?;
-    let (err_r, err_w) = pipe().map_err(cleanup)?;
-    let (in_r, in_w) = pipe().map_err(cleanup)?;
+    let (fds, host) = stdio_pipes().map_err(cleanup)?;
     let _ = std::fs::create_dir_all(STATE);
     let built = {
         // libcontainer waits for its own intermediate process.
@@ -259,9 +257,9 @@ pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result
         ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(STATE)
             .map(|b| {
-                b.with_stdin(in_r)
-                    .with_stdout(out_w)
-                    .with_stderr(err_w)
+                b.with_stdin(fds.stdin)
+                    .with_stdout(fds.stdout)
+                    .with_stderr(fds.stderr)
                     .as_init(&bundle)
                     .with_systemd(false)
                     .with_detach(true)
@@ -274,17 +272,13 @@ pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result
     let container = match built {
         Ok(c) => c,
         Err(e) => {
-            // The set-up process reports its failure on the container's
-            // stderr: add what it said.
-            let detail = drain_nonblocking(File::from(err_r));
-            let said: Vec<&str> = detail
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
             return Err(cleanup(err(
                 ErrorCode::Internal,
-                format!("create container: {} [{}]", chain(&e), said.join(" | ")),
+                format!(
+                    "create container: {} [{}]",
+                    chain(&e),
+                    host.failure_report()
+                ),
             )));
         }
     };
@@ -293,22 +287,7 @@ pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result
         .map(|p| p.as_raw())
         .ok_or_else(|| cleanup(err(ErrorCode::Internal, "container has no process")))?;
 
-    let mut copiers = Vec::new();
-    copiers.extend(copier(
-        File::from(out_r),
-        crate::stdio::take(id, "", StdioStream::Stdout),
-    ));
-    copiers.extend(copier(
-        File::from(err_r),
-        crate::stdio::take(id, "", StdioStream::Stderr),
-    ));
-    match crate::stdio::take(id, "", StdioStream::Stdin) {
-        // Host input to the process; closing the connection closes stdin.
-        Some(conn) => {
-            let _ = copier(conn, Some(File::from(in_w)));
-        }
-        None => drop(in_w),
-    }
+    let copiers = host.connect(id, "");
     registry().lock().unwrap_or_else(|e| e.into_inner()).insert(
         id.to_string(),
         Arc::new(Mutex::new(Entry {
@@ -366,39 +345,69 @@ pub fn signal(id: &str, signal: i32) -> Result<(), ErrorReply> {
         .map_err(|x| err(ErrorCode::FailedPrecondition, format!("signal {id}: {x}")))
 }
 
-/// A process's ends of its stdio pipes, and the threads copying the other
-/// ends to and from the host.
-struct ProcessStdio {
+/// The process's ends of its stdio pipes.
+struct ProcessFds {
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
-    copiers: Vec<JoinHandle<()>>,
 }
 
-/// Pipes for a process's stdio, connected to the host streams attached for
-/// (`id`, `exec_id`).
-fn process_stdio(id: &str, exec_id: &str) -> Result<ProcessStdio, ErrorReply> {
+/// The agent's ends of a process's stdio pipes.
+struct HostEnds {
+    stdin: File,
+    stdout: File,
+    stderr: File,
+}
+
+impl HostEnds {
+    /// Connects the pipes to the host streams attached for (`id`,
+    /// `exec_id`); returns the output copy threads.
+    fn connect(self, id: &str, exec_id: &str) -> Vec<JoinHandle<()>> {
+        let mut copiers = Vec::new();
+        copiers.extend(copier(
+            self.stdout,
+            crate::stdio::take(id, exec_id, StdioStream::Stdout),
+        ));
+        copiers.extend(copier(
+            self.stderr,
+            crate::stdio::take(id, exec_id, StdioStream::Stderr),
+        ));
+        // Host input to the process; closing the connection closes stdin.
+        if let Some(conn) = crate::stdio::take(id, exec_id, StdioStream::Stdin) {
+            let _ = copier(conn, Some(self.stdin));
+        }
+        copiers
+    }
+
+    /// What the set-up process wrote to stderr before it failed.
+    fn failure_report(self) -> String {
+        let detail = drain_nonblocking(self.stderr);
+        let said: Vec<&str> = detail
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        said.join(" | ")
+    }
+}
+
+/// Pipes for a process's stdin, stdout and stderr.
+fn stdio_pipes() -> Result<(ProcessFds, HostEnds), ErrorReply> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (in_r, in_w) = pipe()?;
-    let mut copiers = Vec::new();
-    copiers.extend(copier(
-        File::from(out_r),
-        crate::stdio::take(id, exec_id, StdioStream::Stdout),
-    ));
-    copiers.extend(copier(
-        File::from(err_r),
-        crate::stdio::take(id, exec_id, StdioStream::Stderr),
-    ));
-    if let Some(conn) = crate::stdio::take(id, exec_id, StdioStream::Stdin) {
-        let _ = copier(conn, Some(File::from(in_w)));
-    }
-    Ok(ProcessStdio {
-        stdin: in_r,
-        stdout: out_w,
-        stderr: err_w,
-        copiers,
-    })
+    Ok((
+        ProcessFds {
+            stdin: in_r,
+            stdout: out_w,
+            stderr: err_w,
+        },
+        HostEnds {
+            stdin: File::from(in_w),
+            stdout: File::from(out_r),
+            stderr: File::from(err_r),
+        },
+    ))
 }
 
 /// Runs a process in running container `id`.
@@ -441,20 +450,15 @@ pub fn exec(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
-    let ProcessStdio {
-        stdin,
-        stdout,
-        stderr,
-        copiers,
-    } = process_stdio(id, exec_id)?;
+    let (fds, host) = stdio_pipes()?;
     let built = {
         let _hold = reaper().hold();
         ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(STATE)
             .map(|b| {
-                b.with_stdin(stdin)
-                    .with_stdout(stdout)
-                    .with_stderr(stderr)
+                b.with_stdin(fds.stdin)
+                    .with_stdout(fds.stdout)
+                    .with_stderr(fds.stderr)
                     .as_tenant()
                     .with_container_args(args)
                     .with_env(env)
@@ -463,9 +467,16 @@ pub fn exec(
             })
             .and_then(|b| b.build())
     };
-    let pid = built
-        .map_err(|e| err(ErrorCode::Internal, format!("exec in {id}: {}", chain(&e))))?
-        .as_raw();
+    let pid = match built {
+        Ok(pid) => pid.as_raw(),
+        Err(e) => {
+            return Err(err(
+                ErrorCode::Internal,
+                format!("exec in {id}: {} [{}]", chain(&e), host.failure_report()),
+            ));
+        }
+    };
+    let copiers = host.connect(id, exec_id);
     entry
         .lock()
         .unwrap_or_else(|e| e.into_inner())
