@@ -209,8 +209,21 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Creates container `id`; its process waits for [`start`].
-pub fn create(id: &str, mut spec: serde_json::Value, rootfs: &Storage) -> Result<(), ErrorReply> {
+/// Creates container `id`; its process waits for [`start`]. On failure the
+/// stdio streams attached for it are closed.
+pub fn create(id: &str, spec: serde_json::Value, rootfs: &Storage) -> Result<(), ErrorReply> {
+    let result = create_container(id, spec, rootfs);
+    if result.is_err() {
+        crate::stdio::forget(id);
+    }
+    result
+}
+
+fn create_container(
+    id: &str,
+    mut spec: serde_json::Value,
+    rootfs: &Storage,
+) -> Result<(), ErrorReply> {
     if !valid_id(id) {
         return Err(err(
             ErrorCode::InvalidArgument,
@@ -539,5 +552,6 @@ pub fn remove(id: &str) -> Result<(), ErrorReply> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(id);
+    crate::stdio::forget(id);
     Ok(())
 }

@@ -30,6 +30,15 @@ pub fn take(container_id: &str, exec_id: &str, stream: StdioStream) -> Option<Fi
         .remove(&(container_id.to_string(), exec_id.to_string(), stream))
 }
 
+/// Drops every stream still waiting for `container_id` (its create failed,
+/// or it was removed), so no connection is left open.
+pub fn forget(container_id: &str) {
+    pending()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(id, _, _), _| id != container_id);
+}
+
 fn attach(mut conn: File) {
     let hello = match protocol::read_message::<_, StdioAttach>(&mut conn) {
         Ok(h) => h,

@@ -121,6 +121,26 @@ fn container_runs_with_separate_stdout_stderr_and_exit_code() {
     std::io::Read::read_to_string(&mut err, &mut stderr).unwrap();
     assert_eq!(stdout, "hello\nc1\n");
     assert_eq!(stderr, "oops\n");
+    // A failed create closes the streams attached for it.
+    let mut orphan = agent::attach(&vm, "bad", protocol::StdioStream::Stdout);
+    let bad_rootfs = protocol::Storage {
+        block_serial: "no-such-drive".into(),
+        fstype: "ext4".into(),
+        read_only: false,
+    };
+    let r = call(
+        &mut s,
+        20,
+        Call::CreateContainer {
+            id: "bad".into(),
+            spec: spec_for(&["/bin/sh"]),
+            rootfs: bad_rootfs,
+        },
+    );
+    assert_eq!(r.result.unwrap_err().code, ErrorCode::NotFound);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut orphan, &mut rest).expect("stream was not closed");
+    assert!(rest.is_empty());
     // Unknown containers and bad ids are errors.
     let r = call(&mut s, 5, Call::StartContainer { id: "nope".into() });
     assert_eq!(r.result.unwrap_err().code, ErrorCode::NotFound);
