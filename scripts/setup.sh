@@ -9,7 +9,8 @@ pkgs=(
     qemu-system-x86                                                    # TCG backend, peer VMM
     busybox-static                                                     # test guest userland
     iproute2                                                           # test network namespaces and TAPs
-    e2fsprogs                                                          # container root file system images
+    e2fsprogs erofs-utils                                              # container root file system images
+    libseccomp-dev pkg-config                                          # seccomp in the static agent
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -124,20 +124,25 @@ pub fn setup() -> Result<(), InitError> {
         "",
     )?;
     loopback_up()?;
-    let name = b"husk";
-    // SAFETY: the pointer and length describe `name`.
-    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
-        return Err(InitError::Sys {
-            what: "sethostname",
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    set_hostname("husk").map_err(|source| InitError::Sys {
+        what: "sethostname",
+        source,
+    })?;
     crate::reaper::reaper()
         .start()
         .map_err(|source| InitError::Sys {
             what: "starting the reaper",
             source,
         })
+}
+
+/// Sets the guest's host name.
+pub fn set_hostname(name: &str) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe `name`.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Milliseconds since the kernel started (CLOCK_BOOTTIME).

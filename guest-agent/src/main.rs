@@ -6,9 +6,11 @@
 //! Built statically (`-C target-feature=+crt-static`) so the initramfs needs
 //! nothing else.
 
+mod cgroup;
 mod container;
 mod init;
 mod reaper;
+mod sandbox;
 mod server;
 mod stdio;
 mod vsock;

@@ -102,15 +102,6 @@ impl Reaper {
             exits = self.changed.wait(exits).unwrap_or_else(|e| e.into_inner());
         }
     }
-
-    /// The exit code of `pid` if it has exited (without consuming it).
-    pub fn peek(&self, pid: i32) -> Option<i32> {
-        self.exits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&pid)
-            .copied()
-    }
 }
 
 #[cfg(test)]

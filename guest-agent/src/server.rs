@@ -41,40 +41,67 @@ fn handle(call: Call, ready_ms: u64) -> (Result<Reply, ErrorReply>, bool) {
             }
         }
         Call::Shutdown => (Ok(Reply::Empty), true),
-        Call::CreateContainer { id, spec, rootfs } => (
-            crate::container::create(&id, spec, &rootfs).map(|()| Reply::Empty),
-            false,
-        ),
-        Call::StartContainer { id } => (crate::container::start(&id).map(|()| Reply::Empty), false),
-        Call::WaitContainer { id } => (
-            crate::container::wait(&id).map(|status| Reply::Exit { status }),
-            false,
-        ),
-        Call::SignalContainer { id, signal } => (
-            crate::container::signal(&id, signal).map(|()| Reply::Empty),
-            false,
-        ),
-        Call::RemoveContainer { id } => {
-            (crate::container::remove(&id).map(|()| Reply::Empty), false)
-        }
+        other => (container_call(other), false),
+    }
+}
+
+/// Calls about sandboxes, containers and processes.
+fn container_call(call: Call) -> Result<Reply, ErrorReply> {
+    use crate::container as c;
+    let empty = |r: Result<(), ErrorReply>| r.map(|()| Reply::Empty);
+    match call {
+        Call::CreateSandbox(cfg) => empty(crate::sandbox::create(&cfg)),
+        Call::CreateContainer { id, spec, rootfs } => empty(c::create(&id, spec, &rootfs)),
+        Call::StartContainer { id } => empty(c::start(&id)),
+        Call::WaitContainer { id } => c::wait(&id, "").map(Reply::Exit),
+        Call::SignalContainer { id, signal, all } => empty(c::signal(&id, signal, all)),
+        Call::RemoveContainer { id } => empty(c::remove(&id)),
         Call::ExecProcess {
             container_id,
             exec_id,
-            args,
-            env,
-            cwd,
-        } => (
-            crate::container::exec(&container_id, &exec_id, args, env, cwd).map(|()| Reply::Empty),
-            false,
-        ),
+            process,
+        } => empty(c::exec(&container_id, &exec_id, process)),
         Call::WaitExec {
             container_id,
             exec_id,
-        } => (
-            crate::container::wait_exec(&container_id, &exec_id)
-                .map(|status| Reply::Exit { status }),
-            false,
-        ),
+        } => {
+            if exec_id.is_empty() {
+                return Err(ErrorReply {
+                    code: ErrorCode::InvalidArgument,
+                    message: "wait_exec: empty exec_id".into(),
+                });
+            }
+            c::wait(&container_id, &exec_id).map(Reply::Exit)
+        }
+        Call::SignalExec {
+            container_id,
+            exec_id,
+            signal,
+        } => empty(c::signal_exec(&container_id, &exec_id, signal)),
+        Call::ResizeTty {
+            container_id,
+            exec_id,
+            rows,
+            cols,
+        } => empty(c::resize(&container_id, &exec_id, rows, cols)),
+        Call::CloseStdin {
+            container_id,
+            exec_id,
+            after_bytes,
+        } => empty(c::close_stdin(&container_id, &exec_id, after_bytes)),
+        Call::ListProcesses { id } => c::processes(&id).map(|pids| Reply::Processes { pids }),
+        Call::Stats { id } => c::exists(&id)
+            .and_then(|()| crate::cgroup::stats(&id))
+            .map(Reply::Stats),
+        Call::UpdateResources { id, resources } => {
+            empty(c::exists(&id).and_then(|()| crate::cgroup::update(&id, resources)))
+        }
+        Call::WaitOomEvent { after } => Ok(Reply::OomEvent(crate::cgroup::wait_oom(after))),
+        Call::GuestStats => Ok(Reply::GuestStats(crate::sandbox::guest_stats())),
+        Call::Version | Call::Ping | Call::SetTime { .. } | Call::Shutdown => Err(ErrorReply {
+            code: ErrorCode::Internal,
+            message: "call routed to the wrong handler".into(),
+        }),
     }
 }
 

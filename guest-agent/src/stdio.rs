@@ -39,6 +39,14 @@ pub fn forget(container_id: &str) {
         .retain(|(id, _, _), _| id != container_id);
 }
 
+/// Drops the streams still waiting for one process (its exec failed).
+pub fn forget_process(container_id: &str, exec_id: &str) {
+    pending()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(id, x, _), _| !(id == container_id && x == exec_id));
+}
+
 fn attach(mut conn: File) {
     let hello = match protocol::read_message::<_, StdioAttach>(&mut conn) {
         Ok(h) => h,

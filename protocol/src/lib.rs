@@ -13,12 +13,13 @@ mod messages;
 
 pub use codec::{CodecError, MAX_FRAME, read_frame, read_message, write_message};
 pub use messages::{
-    Call, ErrorCode, ErrorReply, Reply, Request, Response, StdioAttach, StdioStream, Storage,
+    Call, ContainerStats, ErrorCode, ErrorReply, ExitInfo, GuestStats, IoStat, OomEvent, Reply,
+    Request, Response, SandboxConfig, StdioAttach, StdioStream, Storage, StorageSource,
     VersionInfo,
 };
 
 /// Protocol version checked on connect.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// vsock port the agent listens on for control calls.
 pub const AGENT_CONTROL_PORT: u32 = 1024;

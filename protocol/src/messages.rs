@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A call from the host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     /// Chosen by the host; echoed in the response.
@@ -13,7 +13,7 @@ pub struct Request {
 }
 
 /// The calls the agent serves.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Call {
     /// Protocol version and agent identity; the first call on a connection.
@@ -27,6 +27,8 @@ pub enum Call {
         /// Nanoseconds within the second.
         nanos: u32,
     },
+    /// Guest-wide settings of the sandbox (pod); once, before containers.
+    CreateSandbox(SandboxConfig),
     /// Syncs file systems and powers the guest off.
     Shutdown,
     /// Creates a container from an OCI runtime-spec `config.json` on a root
@@ -35,7 +37,8 @@ pub enum Call {
     CreateContainer {
         /// Container ID.
         id: String,
-        /// The OCI runtime spec (`config.json`); `root.path` is replaced.
+        /// The OCI runtime spec (`config.json`); `root.path` and
+        /// `linux.cgroupsPath` are replaced by the agent's own.
         spec: serde_json::Value,
         /// Where the root file system comes from.
         rootfs: Storage,
@@ -50,12 +53,16 @@ pub enum Call {
         /// Container ID.
         id: String,
     },
-    /// Sends a signal to the container's process.
+    /// Sends a signal to the container's process (`all`: to every process
+    /// of the container).
     SignalContainer {
         /// Container ID.
         id: String,
         /// Signal number.
         signal: i32,
+        /// Signal every process in the container's cgroup.
+        #[serde(default)]
+        all: bool,
     },
     /// Removes a stopped (or never started) container.
     RemoveContainer {
@@ -69,14 +76,8 @@ pub enum Call {
         container_id: String,
         /// Name of this process, unique in the container.
         exec_id: String,
-        /// Command and arguments.
-        args: Vec<String>,
-        /// Environment (`NAME=value`).
-        #[serde(default)]
-        env: Vec<String>,
-        /// Working directory.
-        #[serde(default)]
-        cwd: Option<String>,
+        /// The OCI `process` object (args, env, cwd, user, terminal, …).
+        process: serde_json::Value,
     },
     /// Waits for an exec'd process to exit (no host-side timeout).
     WaitExec {
@@ -85,19 +86,117 @@ pub enum Call {
         /// The process.
         exec_id: String,
     },
+    /// Sends a signal to an exec'd process.
+    SignalExec {
+        /// Container ID.
+        container_id: String,
+        /// The process.
+        exec_id: String,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Sets the window size of a process's terminal.
+    ResizeTty {
+        /// Container ID.
+        container_id: String,
+        /// The process (empty for the container's own).
+        #[serde(default)]
+        exec_id: String,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Closes a process's stdin (end of input).
+    CloseStdin {
+        /// Container ID.
+        container_id: String,
+        /// The process (empty for the container's own).
+        #[serde(default)]
+        exec_id: String,
+        /// Close only after this many bytes of the stdin stream have been
+        /// delivered to the process (the host's count of what it wrote), so
+        /// that data still in flight is not cut off; absent: close now.
+        #[serde(default)]
+        after_bytes: Option<u64>,
+    },
+    /// The processes of a container (guest PIDs).
+    ListProcesses {
+        /// Container ID.
+        id: String,
+    },
+    /// cgroup v2 statistics of a container.
+    Stats {
+        /// Container ID.
+        id: String,
+    },
+    /// Changes a container's cgroup v2 resources.
+    UpdateResources {
+        /// Container ID.
+        id: String,
+        /// An OCI `linux.resources` object.
+        resources: serde_json::Value,
+    },
+    /// Waits for the next OOM kill with a sequence number above `after`
+    /// (no host-side timeout; start with 0).
+    WaitOomEvent {
+        /// Last sequence number seen.
+        #[serde(default)]
+        after: u64,
+    },
+    /// Memory of the guest and the agent.
+    GuestStats,
+}
+
+/// Guest-wide settings of a sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Host name of the guest (and of containers that share its UTS).
+    #[serde(default)]
+    pub hostname: String,
+    /// Name servers written to the guest's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    /// Search domains.
+    #[serde(default)]
+    pub dns_searches: Vec<String>,
+    /// resolv.conf options.
+    #[serde(default)]
+    pub dns_options: Vec<String>,
+    /// Guest-wide sysctls (`net.ipv4.ip_forward` = `1`).
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }
 
 /// A file system for the guest to mount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// Serial (drive ID) of the virtio-blk device holding it.
-    pub block_serial: String,
-    /// File system type (`ext4`, `erofs`).
+    /// Where it comes from.
+    pub source: StorageSource,
+    /// File system type (`ext4`, `erofs`; `virtiofs` for a shared one).
     pub fstype: String,
-    /// Mount read-only.
+    /// Give the container a writable layer: an overlay whose upper
+    /// directory is on guest tmpfs over the read-only source.
     #[serde(default)]
-    pub read_only: bool,
+    pub overlay: bool,
+}
+
+/// The device or share holding a file system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StorageSource {
+    /// A virtio-blk drive, by its serial (drive ID).
+    Block {
+        /// The serial.
+        serial: String,
+    },
+    /// A virtio-fs share, by its tag.
+    VirtioFs {
+        /// The tag.
+        tag: String,
+    },
 }
 
 /// Which stream a stdio connection carries.
@@ -106,7 +205,7 @@ pub struct Storage {
 pub enum StdioStream {
     /// Host to process.
     Stdin,
-    /// Process to host.
+    /// Process to host (a terminal's output too).
     Stdout,
     /// Process to host.
     Stderr,
@@ -145,11 +244,101 @@ pub enum Reply {
     Version(VersionInfo),
     /// Answer to calls without data.
     Empty,
-    /// Answer to [`Call::WaitContainer`].
-    Exit {
-        /// Exit code, or 128 + signal number.
-        status: i32,
+    /// Answer to [`Call::WaitContainer`] and [`Call::WaitExec`].
+    Exit(ExitInfo),
+    /// Answer to [`Call::ListProcesses`].
+    Processes {
+        /// Guest PIDs.
+        pids: Vec<i32>,
     },
+    /// Answer to [`Call::Stats`].
+    Stats(ContainerStats),
+    /// Answer to [`Call::WaitOomEvent`].
+    OomEvent(OomEvent),
+    /// Answer to [`Call::GuestStats`].
+    GuestStats(GuestStats),
+}
+
+/// How a process ended, and how much output it left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitInfo {
+    /// Exit code, or 128 + signal number.
+    pub status: i32,
+    /// Bytes written to the stdout stream (a terminal's output included).
+    pub stdout_bytes: u64,
+    /// Bytes written to the stderr stream.
+    pub stderr_bytes: u64,
+}
+
+/// cgroup v2 figures of a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStats {
+    /// CPU time, microseconds (`cpu.stat usage_usec`).
+    pub cpu_usage_usec: u64,
+    /// User CPU time, microseconds.
+    pub cpu_user_usec: u64,
+    /// System CPU time, microseconds.
+    pub cpu_system_usec: u64,
+    /// Periods throttled by `cpu.max`.
+    pub cpu_throttled_periods: u64,
+    /// Time throttled, microseconds.
+    pub cpu_throttled_usec: u64,
+    /// `memory.current`, bytes.
+    pub memory_usage: u64,
+    /// `memory.max`, bytes (`None`: unlimited).
+    pub memory_limit: Option<u64>,
+    /// `memory.events oom_kill`.
+    pub memory_oom_kills: u64,
+    /// `memory.stat` (anon, file, …), bytes or counts.
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    /// `pids.current`.
+    pub pids_current: u64,
+    /// `pids.max` (`None`: unlimited).
+    pub pids_limit: Option<u64>,
+    /// `io.stat`, one entry per device.
+    pub io: Vec<IoStat>,
+}
+
+/// One device's line of `io.stat`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoStat {
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read operations.
+    pub read_ios: u64,
+    /// Write operations.
+    pub write_ios: u64,
+}
+
+/// A container's process was killed by the OOM killer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OomEvent {
+    /// Increasing sequence number (pass it as `after` for the next).
+    pub seq: u64,
+    /// The container.
+    pub container_id: String,
+}
+
+/// Memory of the guest and of the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestStats {
+    /// Resident set of the agent, KiB.
+    pub agent_rss_kib: u64,
+    /// `MemTotal`, KiB.
+    pub mem_total_kib: u64,
+    /// `MemAvailable`, KiB.
+    pub mem_available_kib: u64,
 }
 
 /// Error classes, for mapping to containerd's and runc's errors.

@@ -1,9 +1,14 @@
-//! Shared library of the `husk` OCI CLI and `containerd-shim-husk-v2`.
+//! The host side of husk, shared by `containerd-shim-husk-v2` and the `husk`
+//! CLI: booting a sandbox VM with a hypervisor backend and talking to its
+//! agent.
+
+pub mod agent;
+pub mod hypervisor;
 
 /// The one-line error both front ends print until the container runtime exists.
 pub fn not_implemented(front_end: &str) -> String {
     format!(
-        "{front_end}: not implemented: running containers needs the guest agent \
+        "{front_end}: not implemented: the OCI lifecycle over the agent \
          (protocol version {})",
         protocol::PROTOCOL_VERSION
     )

@@ -1,12 +1,16 @@
 //! The guest agent for tests: built statically, packed as the init of an
-//! initramfs, booted under QEMU TCG with vsock served by vhost-device-vsock
-//! (the same hybrid Unix-socket convention as husk-vmm).
+//! initramfs, booted with husk's own hypervisor backends
+//! (`shim::hypervisor`; QEMU TCG here, with vsock served by
+//! vhost-device-vsock in the same hybrid Unix-socket convention as
+//! husk-vmm) and driven with husk's own agent client (`shim::agent`).
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use shim::agent::AgentClient;
+use shim::hypervisor::{Backend, Choice, Drive, Vm, VmSpec};
 
 use crate::initramfs::{Entry, build};
 
@@ -48,77 +52,64 @@ pub fn initramfs(agent: &Path) -> Vec<u8> {
     ])
 }
 
-/// An ext4 image of a busybox root file system (Debian's busybox-static),
-/// made with `mkfs.ext4 -d` (no mounting).
-pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+/// A busybox root file system directory (Debian's busybox-static, every
+/// applet linked) in `dir/rootfs`.
+pub fn busybox_tree(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
-    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root"] {
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "data"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
-    for applet in ["sh", "cat", "echo", "sleep", "id", "ls", "hostname"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if !applet.is_empty() && applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
     }
-    let img = dir.join("rootfs.ext4");
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    root
+}
+
+/// An ext4 image of `tree`, made with `mkfs.ext4 -d` (no mounting).
+pub fn ext4_image(tree: &Path, img: &Path, size_mib: u32) {
     let status = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .arg("32M")
+        .arg(tree)
+        .arg(img)
+        .arg(format!("{size_mib}M"))
         .status()
         .expect("run mkfs.ext4 (e2fsprogs)");
     assert!(status.success(), "mkfs.ext4 failed");
+}
+
+/// An ext4 image of a busybox root file system.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let tree = busybox_tree(dir);
+    let img = dir.join("rootfs.ext4");
+    ext4_image(&tree, &img, 32);
     img
 }
 
-/// Opens a stdio stream for `container_id`'s own process on the agent.
-pub fn attach(vm: &AgentVm, container_id: &str, stream: protocol::StdioStream) -> UnixStream {
-    attach_exec(vm, container_id, "", stream)
+/// The backend tests use: `HUSK_HYPERVISOR` (auto, husk-vmm, qemu), by
+/// default `auto` (QEMU TCG where KVM cannot run stock kernels).
+pub fn backend() -> Backend {
+    std::env::var("HUSK_HYPERVISOR")
+        .ok()
+        .map(|s| s.parse::<Choice>().expect("HUSK_HYPERVISOR"))
+        .unwrap_or_default()
+        .resolve()
 }
 
-/// Opens a stdio stream for a process (`exec_id`, empty for the container's
-/// own) on the agent.
-pub fn attach_exec(
-    vm: &AgentVm,
-    container_id: &str,
-    exec_id: &str,
-    stream: protocol::StdioStream,
-) -> UnixStream {
-    let mut s = vm.connect(protocol::STDIO_PORT);
-    protocol::write_message(
-        &mut s,
-        &protocol::StdioAttach {
-            container_id: container_id.to_string(),
-            exec_id: exec_id.to_string(),
-            stream,
-        },
-    )
-    .unwrap();
-    let ack: protocol::Response = protocol::read_message(&mut s).expect("stdio attach answer");
-    assert_eq!(
-        ack.result,
-        Ok(protocol::Reply::Empty),
-        "stdio attach refused"
-    );
-    s
-}
-
-/// `vhost-device-vsock`, if installed (scripts/setup.sh installs it).
-pub fn vhost_device_vsock() -> Option<PathBuf> {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let candidates = [
-        PathBuf::from(&home).join(".cargo/bin/vhost-device-vsock"),
-        PathBuf::from("/usr/local/bin/vhost-device-vsock"),
-    ];
-    candidates.into_iter().find(|p| p.exists())
-}
-
-/// A guest booted under QEMU TCG with the agent as init and vsock on
-/// `hybrid` (Firecracker's convention). Killed on drop.
+/// A guest with the agent as init; killed on drop.
 #[derive(Debug)]
 pub struct AgentVm {
-    qemu: Option<Child>,
-    daemon: Option<Child>,
+    /// The VM.
+    pub vm: Vm,
     /// The hybrid vsock socket.
     pub hybrid: PathBuf,
     /// Console log.
@@ -128,74 +119,24 @@ pub struct AgentVm {
 impl AgentVm {
     /// Boots `kernel` with `initrd` in `dir`.
     pub fn boot(dir: &Path, kernel: &Path, initrd: &Path) -> AgentVm {
-        Self::boot_with(dir, kernel, initrd, &[])
+        Self::boot_with(dir, kernel, initrd, Vec::new())
     }
 
-    /// Boots with extra QEMU arguments (devices).
-    pub fn boot_with(dir: &Path, kernel: &Path, initrd: &Path, extra: &[String]) -> AgentVm {
-        let daemon_bin = vhost_device_vsock()
-            .expect("vhost-device-vsock is not installed (scripts/setup.sh installs it)");
-        let vu = dir.join("vu.sock");
-        let hybrid = dir.join("hybrid.sock");
-        let console = dir.join("console.log");
-        let daemon = Command::new(daemon_bin)
-            .arg("--guest-cid")
-            .arg("3")
-            .arg("--socket")
-            .arg(&vu)
-            .arg("--uds-path")
-            .arg(&hybrid)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.join("vhost-device-vsock.log"))
-                    .map(Stdio::from)
-                    .unwrap_or(Stdio::null()),
-            )
-            .spawn()
-            .expect("spawn vhost-device-vsock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !vu.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "vhost-device-vsock did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let qemu = Command::new("qemu-system-x86_64")
-            .args([
-                "-M",
-                "microvm,acpi=off,memory-backend=mem",
-                "-accel",
-                "tcg",
-                "-cpu",
-                "max",
-            ])
-            .args(["-m", "256", "-smp", "1"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-            .args(["-global", "virtio-mmio.force-legacy=false"])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-chardev")
-            .arg(format!("socket,id=vs,path={}", vu.display()))
-            .args(["-device", "vhost-user-vsock-device,chardev=vs"])
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", "console=ttyS0 reboot=t panic=-1 quiet"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn qemu-system-x86_64");
+    /// Boots with drives.
+    pub fn boot_with(dir: &Path, kernel: &Path, initrd: &Path, drives: Vec<Drive>) -> AgentVm {
+        let spec = VmSpec {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            vcpus: 1,
+            memory_mib: 256,
+            drives,
+            extra_cmdline: String::new(),
+        };
+        let vm = Vm::boot(backend(), dir, &spec).expect("boot the agent VM");
         AgentVm {
-            qemu: Some(qemu),
-            daemon: Some(daemon),
-            hybrid,
-            console,
+            hybrid: vm.vsock_path().to_path_buf(),
+            console: vm.console_path().to_path_buf(),
+            vm,
         }
     }
 
@@ -215,46 +156,33 @@ impl AgentVm {
         }
     }
 
-    /// Connects to the agent's control port.
+    /// A raw connection to a guest vsock port.
     pub fn connect(&self, port: u32) -> UnixStream {
-        let mut s = UnixStream::connect(&self.hybrid).expect("connect hybrid vsock socket");
+        let s = shim::agent::connect_vsock(&self.hybrid, port, Duration::from_secs(60))
+            .expect("connect to the guest");
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-            line.push(b[0]);
-        }
-        assert!(
-            line.starts_with(b"OK "),
-            "handshake answer {:?}",
-            String::from_utf8_lossy(&line)
-        );
         s
     }
 
-    /// Waits for QEMU to exit; returns whether it did in time.
+    /// A control connection (Version checked).
+    pub fn client(&self) -> AgentClient {
+        AgentClient::connect_when_ready(&self.hybrid, Duration::from_secs(120))
+            .expect("connect to the agent")
+    }
+
+    /// Waits for the VM to exit; returns whether it did in time.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        if let Some(q) = self.qemu.as_mut() {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = q.try_wait() {
-                    self.qemu = None;
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        false
+        self.vm.wait_exit(timeout)
     }
 }
 
-impl Drop for AgentVm {
-    fn drop(&mut self) {
-        for c in [self.qemu.take(), self.daemon.take()].into_iter().flatten() {
-            let mut c = c;
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Opens a stdio stream for a process (`exec_id` empty for the container's
+/// own).
+pub fn attach(
+    vm: &AgentVm,
+    container_id: &str,
+    exec_id: &str,
+    stream: protocol::StdioStream,
+) -> UnixStream {
+    shim::agent::attach(&vm.hybrid, container_id, exec_id, stream).expect("stdio attach")
 }

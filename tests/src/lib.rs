@@ -9,4 +9,5 @@ pub mod host;
 pub mod initramfs;
 pub mod linux;
 pub mod netns;
+pub mod pod;
 pub mod vmm;

@@ -1,0 +1,163 @@
+//! A container's root file system: the image from a virtio-blk drive,
+//! mounted read-only, under an overlay whose upper layer is on tmpfs so the
+//! container can write (unless it asked for a read-only root).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use protocol::{ErrorCode, ErrorReply, Storage, StorageSource};
+
+use super::err;
+
+/// Largest writable layer of one container (tmpfs, in guest memory).
+const UPPER_SIZE: &str = "size=50%";
+
+/// The block device whose virtio serial is `serial`.
+fn device_by_serial(serial: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir("/sys/block").ok()?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Ok(s) = std::fs::read_to_string(e.path().join("serial")) else {
+            continue;
+        };
+        if s.trim_end_matches(['\n', '\0']) == serial {
+            return Some(Path::new("/dev").join(name));
+        }
+    }
+    None
+}
+
+fn cstr(s: &str) -> Result<CString, ErrorReply> {
+    CString::new(s).map_err(|_| err(ErrorCode::InvalidArgument, format!("NUL in {s:?}")))
+}
+
+fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), ErrorReply> {
+    let (src, tgt, fs) = (
+        cstr(source)?,
+        cstr(&target.to_string_lossy())?,
+        cstr(fstype)?,
+    );
+    let data = data.map(cstr).transpose()?;
+    let data_ptr = data
+        .as_ref()
+        .map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), flags, data_ptr) };
+    if r != 0 {
+        return Err(err(
+            ErrorCode::Internal,
+            format!(
+                "mount {fstype} {source} on {}: {}",
+                target.display(),
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Detaches the mount on `target`, if any.
+pub fn umount(target: &Path) {
+    if let Ok(t) = CString::new(target.to_string_lossy().as_bytes()) {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<(), ErrorReply> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(ErrorCode::Internal, format!("mkdir {}: {e}", dir.display())))
+}
+
+/// The mounts under a bundle, innermost last.
+pub struct RootfsMounts {
+    bundle: PathBuf,
+}
+
+impl RootfsMounts {
+    /// Undoes every mount (idempotent).
+    pub fn unmount(&self) {
+        for d in ["rootfs", "scratch", "image"] {
+            umount(&self.bundle.join(d));
+        }
+    }
+}
+
+/// Mounts `storage` for a container in `bundle`: the image read-only at
+/// `image/`, and `rootfs/` as an overlay of it (or a bind of it, read-only,
+/// without `overlay`).
+pub fn mount_rootfs(storage: &Storage, bundle: &Path) -> Result<RootfsMounts, ErrorReply> {
+    let serial = match &storage.source {
+        StorageSource::Block { serial } => serial,
+        StorageSource::VirtioFs { tag } => {
+            return Err(err(
+                ErrorCode::NotImplemented,
+                format!("not implemented: virtio-fs root file system (tag {tag:?})"),
+            ));
+        }
+    };
+    if !matches!(storage.fstype.as_str(), "ext4" | "erofs") {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("rootfs fstype {:?} is not ext4 or erofs", storage.fstype),
+        ));
+    }
+    let dev = device_by_serial(serial).ok_or_else(|| {
+        err(
+            ErrorCode::NotFound,
+            format!("no block device with serial {serial:?}"),
+        )
+    })?;
+    let mounts = RootfsMounts {
+        bundle: bundle.to_path_buf(),
+    };
+    let image = bundle.join("image");
+    let rootfs = bundle.join("rootfs");
+    mkdir(&image)?;
+    mkdir(&rootfs)?;
+    let result = (|| {
+        mount(
+            &dev.to_string_lossy(),
+            &image,
+            &storage.fstype,
+            libc::MS_RDONLY | libc::MS_NODEV,
+            None,
+        )?;
+        if storage.overlay {
+            let scratch = bundle.join("scratch");
+            mkdir(&scratch)?;
+            mount("tmpfs", &scratch, "tmpfs", libc::MS_NODEV, Some(UPPER_SIZE))?;
+            mkdir(&scratch.join("upper"))?;
+            mkdir(&scratch.join("work"))?;
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.display(),
+                scratch.join("upper").display(),
+                scratch.join("work").display()
+            );
+            mount("overlay", &rootfs, "overlay", 0, Some(&data))
+        } else {
+            mount(
+                &image.to_string_lossy(),
+                &rootfs,
+                "",
+                libc::MS_BIND | libc::MS_RDONLY,
+                None,
+            )
+        }
+    })();
+    match result {
+        Ok(()) => Ok(mounts),
+        Err(e) => {
+            mounts.unmount();
+            Err(e)
+        }
+    }
+}

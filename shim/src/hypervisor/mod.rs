@@ -1,0 +1,358 @@
+//! Hypervisor backends: the guest (kernel, agent initramfs, drives, vsock)
+//! boots under `husk-vmm` where KVM is hardware-backed, or under QEMU
+//! (`-M microvm`, TCG where KVM cannot run stock kernels) with vsock served
+//! by `vhost-device-vsock`. Either way the host reaches the agent through a
+//! hybrid vsock Unix socket with the same `CONNECT <port>` convention.
+
+mod husk_vmm;
+mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// Errors starting or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// A program the backend needs is missing.
+    #[error("{program} not found ({hint})")]
+    MissingProgram {
+        /// The program.
+        program: &'static str,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// A program could not be started.
+    #[error("start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Writing the VM's files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A helper process did not come up.
+    #[error("{0} did not start in time")]
+    NotStarted(&'static str),
+    /// The configuration names something invalid.
+    #[error("invalid VM configuration: {0}")]
+    Invalid(String),
+    /// The backend cannot run on this host.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Which hypervisor runs the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// husk's own VMM on KVM.
+    HuskVmm,
+    /// QEMU microvm (TCG, or KVM where it is hardware-backed).
+    Qemu,
+}
+
+/// The configured choice (`hypervisor = "husk-vmm" | "qemu" | "auto"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Choice {
+    /// husk-vmm where KVM is hardware-backed, QEMU otherwise.
+    #[default]
+    Auto,
+    /// Always husk-vmm.
+    HuskVmm,
+    /// Always QEMU.
+    Qemu,
+}
+
+impl FromStr for Choice {
+    type Err = HypervisorError;
+    fn from_str(s: &str) -> Result<Choice, HypervisorError> {
+        match s {
+            "auto" => Ok(Choice::Auto),
+            "husk-vmm" => Ok(Choice::HuskVmm),
+            "qemu" => Ok(Choice::Qemu),
+            other => Err(HypervisorError::Invalid(format!(
+                "hypervisor {other:?} is not auto, husk-vmm or qemu"
+            ))),
+        }
+    }
+}
+
+/// What KVM on this host can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvmKind {
+    /// No usable /dev/kvm.
+    Absent,
+    /// KVM on VMX/SVM: runs stock Linux guests.
+    Hardware,
+    /// PVM (paravirtualised KVM inside a cloud VM): stock kernels die in
+    /// its instruction emulator.
+    Pvm,
+}
+
+/// Probes /dev/kvm and the kind of KVM behind it.
+pub fn kvm_kind() -> KvmKind {
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !usable {
+        return KvmKind::Absent;
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return KvmKind::Pvm;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hw { KvmKind::Hardware } else { KvmKind::Pvm }
+}
+
+impl Choice {
+    /// The backend to use on this host.
+    pub fn resolve(self) -> Backend {
+        match self {
+            Choice::HuskVmm => Backend::HuskVmm,
+            Choice::Qemu => Backend::Qemu,
+            Choice::Auto => match kvm_kind() {
+                KvmKind::Hardware => Backend::HuskVmm,
+                KvmKind::Absent | KvmKind::Pvm => Backend::Qemu,
+            },
+        }
+    }
+}
+
+/// A virtio-blk drive; the guest sees `id` as the device serial.
+#[derive(Clone, Debug)]
+pub struct Drive {
+    /// Drive ID (serial).
+    pub id: String,
+    /// Image file or block device.
+    pub path: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// Guest kernel (vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// initramfs with the agent as /init.
+    pub initrd: PathBuf,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// Drives.
+    pub drives: Vec<Drive>,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: String,
+}
+
+/// Kernel command line of every husk guest.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+impl VmSpec {
+    fn validate(&self) -> Result<(), HypervisorError> {
+        if self.vcpus == 0 || self.memory_mib < 64 {
+            return Err(HypervisorError::Invalid(
+                "at least 1 vCPU and 64 MiB".into(),
+            ));
+        }
+        for d in &self.drives {
+            let ok = !d.id.is_empty()
+                && d.id.len() <= 20
+                && d.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(HypervisorError::Invalid(format!("drive id {:?}", d.id)));
+            }
+        }
+        Ok(())
+    }
+
+    fn cmdline(&self) -> String {
+        if self.extra_cmdline.is_empty() {
+            BASE_CMDLINE.to_string()
+        } else {
+            format!("{BASE_CMDLINE} {}", self.extra_cmdline)
+        }
+    }
+}
+
+/// A running VM: its processes are killed when it is dropped.
+#[derive(Debug)]
+pub struct Vm {
+    backend: Backend,
+    vmm: Option<Child>,
+    helpers: Vec<Child>,
+    vsock: PathBuf,
+    console: PathBuf,
+}
+
+impl Vm {
+    /// Boots `spec` with `backend`; the VM's sockets and logs go in `dir`.
+    pub fn boot(backend: Backend, dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
+        spec.validate()?;
+        match backend {
+            Backend::HuskVmm => husk_vmm::boot(dir, spec),
+            Backend::Qemu => qemu::boot(dir, spec),
+        }
+    }
+
+    /// The backend running it.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The hybrid vsock socket (`CONNECT <port>`).
+    pub fn vsock_path(&self) -> &Path {
+        &self.vsock
+    }
+
+    /// The guest console log.
+    pub fn console_path(&self) -> &Path {
+        &self.console
+    }
+
+    /// PID of the VMM process.
+    pub fn pid(&self) -> Option<u32> {
+        self.vmm.as_ref().map(Child::id)
+    }
+
+    /// Waits (at most `limit`) for the VMM to exit; true if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let Some(vmm) = self.vmm.as_mut() else {
+            return true;
+        };
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = vmm.try_wait() {
+                self.vmm = None;
+                self.stop_helpers();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    fn stop_helpers(&mut self) {
+        for mut c in self.helpers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the VM.
+    pub fn kill(&mut self) {
+        if let Some(mut v) = self.vmm.take() {
+            let _ = v.kill();
+            let _ = v.wait();
+        }
+        self.stop_helpers();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Finds a program: `$env_var`, next to the running executable (or its
+/// parent directory, for test binaries in `deps/`), then `PATH`.
+pub(crate) fn find_program(name: &str, env_var: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Waits for `path` to appear (a helper's socket).
+pub(crate) fn wait_for_path(
+    path: &Path,
+    child: &mut Child,
+    what: &'static str,
+) -> Result<(), HypervisorError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(HypervisorError::NotStarted(what));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// A file in the VM's directory, with its path in errors.
+pub(crate) fn create_file(path: &Path) -> Result<std::fs::File, HypervisorError> {
+    std::fs::File::create(path).map_err(|source| HypervisorError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices() {
+        assert_eq!("qemu".parse::<Choice>().unwrap(), Choice::Qemu);
+        assert_eq!("husk-vmm".parse::<Choice>().unwrap(), Choice::HuskVmm);
+        assert_eq!("auto".parse::<Choice>().unwrap(), Choice::Auto);
+        assert!("kvmtool".parse::<Choice>().is_err());
+        assert_eq!(Choice::Qemu.resolve(), Backend::Qemu);
+        // Auto never picks husk-vmm where stock kernels cannot run.
+        if kvm_kind() != KvmKind::Hardware {
+            assert_eq!(Choice::Auto.resolve(), Backend::Qemu);
+        }
+    }
+
+    #[test]
+    fn drive_ids_are_checked() {
+        let mut spec = VmSpec {
+            kernel: "k".into(),
+            initrd: "i".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            drives: vec![Drive {
+                id: "root fs".into(),
+                path: "x".into(),
+                read_only: true,
+            }],
+            extra_cmdline: String::new(),
+        };
+        assert!(spec.validate().is_err());
+        spec.drives[0].id = "rootfs".into();
+        assert!(spec.validate().is_ok());
+    }
+}

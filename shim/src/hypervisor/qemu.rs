@@ -1,0 +1,108 @@
+//! QEMU backend: `qemu-system-x86_64 -M microvm` with virtio-mmio devices
+//! (modern transport), guest memory in a shared memfd so that
+//! `vhost-device-vsock` can serve vsock with the hybrid Unix-socket
+//! convention. TCG unless KVM is hardware-backed.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::{HypervisorError, KvmKind, Vm, VmSpec, create_file, find_program, wait_for_path};
+
+pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
+    let qemu =
+        find_program("qemu-system-x86_64", "HUSK_QEMU").ok_or(HypervisorError::MissingProgram {
+            program: "qemu-system-x86_64",
+            hint: "apt-get install qemu-system-x86",
+        })?;
+    let daemon = find_program("vhost-device-vsock", "HUSK_VHOST_DEVICE_VSOCK").ok_or(
+        HypervisorError::MissingProgram {
+            program: "vhost-device-vsock",
+            hint: "cargo install vhost-device-vsock",
+        },
+    )?;
+    let vu = dir.join("vu.sock");
+    let hybrid = dir.join("vsock.sock");
+    let console = dir.join("console.log");
+    let mut helper = Command::new(daemon)
+        .arg("--guest-cid")
+        .arg("3")
+        .arg("--socket")
+        .arg(&vu)
+        .arg("--uds-path")
+        .arg(&hybrid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(create_file(
+            &dir.join("vhost-device-vsock.log"),
+        )?))
+        .spawn()
+        .map_err(|source| HypervisorError::Spawn {
+            program: "vhost-device-vsock",
+            source,
+        })?;
+    wait_for_path(&vu, &mut helper, "vhost-device-vsock")?;
+
+    let accel = if super::kvm_kind() == KvmKind::Hardware {
+        "kvm"
+    } else {
+        "tcg"
+    };
+    let mem = spec.memory_mib;
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-M", "microvm,acpi=off,memory-backend=mem", "-accel", accel])
+        .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
+        .arg("-m")
+        .arg(format!("{mem}M"))
+        .arg("-smp")
+        .arg(spec.vcpus.to_string())
+        .arg("-object")
+        .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
+        // Legacy virtio-mmio loses the vring call fd under TCG.
+        .args(["-global", "virtio-mmio.force-legacy=false"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-chardev")
+        .arg(format!("socket,id=vs,path={}", vu.display()))
+        .args(["-device", "vhost-user-vsock-device,chardev=vs"])
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initrd)
+        .arg("-append")
+        .arg(spec.cmdline());
+    for d in &spec.drives {
+        // Commas in a path would split QEMU's option list.
+        let path = d.path.to_string_lossy();
+        if path.contains(',') {
+            return Err(HypervisorError::Invalid(format!(
+                "drive path {path:?} contains a comma"
+            )));
+        }
+        let ro = if d.read_only { ",read-only=on" } else { "" };
+        cmd.arg("-drive")
+            .arg(format!("id={},file={path},format=raw,if=none{ro}", d.id))
+            .arg("-device")
+            .arg(format!("virtio-blk-device,drive={},serial={}", d.id, d.id));
+    }
+    let vmm = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(create_file(&dir.join("qemu.log"))?))
+        .spawn()
+        .map_err(|source| {
+            let _ = helper.kill();
+            let _ = helper.wait();
+            HypervisorError::Spawn {
+                program: "qemu-system-x86_64",
+                source,
+            }
+        })?;
+    Ok(Vm {
+        backend: super::Backend::Qemu,
+        vmm: Some(vmm),
+        helpers: vec![helper],
+        vsock: hybrid,
+        console,
+    })
+}
