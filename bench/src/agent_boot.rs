@@ -1,8 +1,11 @@
 //! Agent start-up benchmark (QEMU TCG, the husk guest kernel): boot → the
 //! agent serving, from the guest's own clock and from the host (first
 //! Version answer over vsock), against the bare boot → first instruction of
-//! a static /init of the same kernel in the same invocation. Prints figures;
-//! asserts nothing.
+//! a static /init of the same kernel in the same invocation. Then the
+//! rootfs image formats side by side (EROFS against ext4: time to build the
+//! image on the host, its size, and a first container reading the whole
+//! image cold in a fresh VM), and the agent's resident memory with one idle
+//! container. Prints figures; asserts nothing.
 //!
 //!   cargo run --release -p husk-bench --bin bench-agent-boot [-- RUNS]
 
@@ -12,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use integration_tests::agent::{self, AgentVm};
 use integration_tests::host::TempDir;
-use integration_tests::{initramfs, linux};
-use protocol::{Call, Reply, Request, Response};
+use integration_tests::{initramfs, linux, pod};
+use protocol::{Call, GuestStats, Reply, Request, Response};
+use shim::rootfs::{ImageFormat, build_image};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -168,4 +172,159 @@ fn main() {
         h - b,
         h / b
     );
+    rootfs_formats(runs.div_ceil(2));
+    agent_memory();
+}
+
+/// Files added to the busybox tree for the format comparison: 400 small
+/// files and one larger one, 16 MiB in all, not compressible.
+fn payload() -> Vec<(String, Vec<u8>)> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let mut files: Vec<(String, Vec<u8>)> = (0..400)
+        .map(|i| (format!("data/small/{i:03}"), bytes(20 * 1024)))
+        .collect();
+    files.push(("data/large".into(), bytes(8 << 20)));
+    files
+}
+
+/// EROFS against ext4: host build time and size, then create → exit of a
+/// first container that reads every file of the image, in a fresh VM each
+/// run (so the guest's page cache is cold).
+fn rootfs_formats(runs: usize) {
+    let dir = TempDir::new("bench-rootfs");
+    let tree = agent::busybox_tree(&dir.0);
+    let files = payload();
+    for (path, bytes) in &files {
+        let p = tree.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let extra: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    println!();
+    println!(
+        "rootfs image formats: busybox + 16 MiB in {} files, {runs} runs each",
+        files.len()
+    );
+    let mut figures = Vec::new();
+    for format in [ImageFormat::Erofs, ImageFormat::Ext4] {
+        let out = dir.join(&format!("image.{format}"));
+        let mut build_ms = Vec::new();
+        let mut size = 0;
+        for _ in 0..runs {
+            let start = Instant::now();
+            match build_image(&tree, &out, format) {
+                Ok(img) => size = img.bytes,
+                Err(e) => {
+                    println!("{format}: {e}");
+                    return;
+                }
+            }
+            build_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut first_ms = Vec::new();
+        for i in 0..runs {
+            let run_dir = TempDir::new(&format!("bench-rootfs-{format}-{i}"));
+            let vm = pod::boot_with_image(&run_dir, &extra, format);
+            let mut c = vm.client();
+            let start = Instant::now();
+            let (st, _, err) = pod::run(
+                &vm,
+                &mut c,
+                "reader",
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "cat /bin/busybox /data/large /data/small/* > /dev/null",
+                ],
+                serde_json::json!({}),
+            );
+            if st != 0 {
+                println!("{format}: the reading container failed: {err}");
+                return;
+            }
+            first_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            let _ = c.call_empty(Call::Shutdown);
+        }
+        let (b, f) = (median(&mut build_ms), median(&mut first_ms));
+        println!(
+            "{:<6} build {b:7.1} ms   image {:6.1} MiB   first container (create → exit, reads all) {f:7.1} ms",
+            format.fstype(),
+            size as f64 / f64::from(1 << 20)
+        );
+        figures.push((b, size as f64, f));
+    }
+    let (e, x) = (figures[0], figures[1]);
+    println!(
+        "ratio erofs/ext4: build {:.2}x, size {:.2}x, first container {:.2}x",
+        e.0 / x.0,
+        e.1 / x.1,
+        e.2 / x.2
+    );
+}
+
+fn guest_stats(c: &mut shim::agent::AgentClient) -> Option<GuestStats> {
+    match c.call(Call::GuestStats) {
+        Ok(Reply::GuestStats(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// The agent's resident memory in the guest before and after creating one
+/// idle container, and the guest memory in use.
+fn agent_memory() {
+    let dir = TempDir::new("bench-agent-mem");
+    let vm = pod::boot_with_rootfs(&dir, &[]);
+    let mut c = vm.client();
+    let Some(before) = guest_stats(&mut c) else {
+        println!("agent memory: GuestStats failed");
+        return;
+    };
+    let idle = pod::create(
+        &vm,
+        &mut c,
+        "idle",
+        &["/bin/sleep", "1000"],
+        serde_json::json!({}),
+    );
+    idle.start(&mut c);
+    std::thread::sleep(Duration::from_millis(500));
+    let Some(after) = guest_stats(&mut c) else {
+        println!("agent memory: GuestStats failed");
+        return;
+    };
+    let used = |s: &GuestStats| (s.mem_total_kib - s.mem_available_kib) as f64 / 1024.0;
+    println!();
+    println!(
+        "agent memory (guest of {} MiB):",
+        before.mem_total_kib / 1024
+    );
+    println!(
+        "agent RSS: {:.1} MiB serving, {:.1} MiB with one idle container",
+        before.agent_rss_kib as f64 / 1024.0,
+        after.agent_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "guest memory in use (MemTotal - MemAvailable): {:.1} MiB serving, {:.1} MiB with one idle container",
+        used(&before),
+        used(&after)
+    );
+    let _ = c.call_empty(Call::SignalContainer {
+        id: "idle".into(),
+        signal: 9,
+        all: true,
+    });
+    let _ = c.call_empty(Call::Shutdown);
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use shim::agent::AgentClient;
 use shim::hypervisor::{Backend, Choice, Drive, Vm, VmSpec};
+use shim::rootfs::ImageFormat;
 
 use crate::initramfs::{Entry, build};
 
@@ -75,26 +76,6 @@ pub fn busybox_tree(dir: &Path) -> PathBuf {
     root
 }
 
-/// An ext4 image of `tree`, made with `mkfs.ext4 -d` (no mounting).
-pub fn ext4_image(tree: &Path, img: &Path, size_mib: u32) {
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(tree)
-        .arg(img)
-        .arg(format!("{size_mib}M"))
-        .status()
-        .expect("run mkfs.ext4 (e2fsprogs)");
-    assert!(status.success(), "mkfs.ext4 failed");
-}
-
-/// An ext4 image of a busybox root file system.
-pub fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let tree = busybox_tree(dir);
-    let img = dir.join("rootfs.ext4");
-    ext4_image(&tree, &img, 32);
-    img
-}
-
 /// The backend tests use: `HUSK_HYPERVISOR` (auto, husk-vmm, qemu), by
 /// default `auto` (QEMU TCG where KVM cannot run stock kernels).
 pub fn backend() -> Backend {
@@ -114,6 +95,8 @@ pub struct AgentVm {
     pub hybrid: PathBuf,
     /// Console log.
     pub console: PathBuf,
+    /// The file system of the `rootfs` drive, when there is one.
+    pub rootfs: Option<ImageFormat>,
 }
 
 impl AgentVm {
@@ -136,6 +119,7 @@ impl AgentVm {
         AgentVm {
             hybrid: vm.vsock_path().to_path_buf(),
             console: vm.console_path().to_path_buf(),
+            rootfs: None,
             vm,
         }
     }

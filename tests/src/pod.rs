@@ -9,6 +9,7 @@ use std::time::Duration;
 use protocol::{Call, ExitInfo, StdioStream, Storage, StorageSource};
 use shim::agent::{AgentClient, OutputPump};
 use shim::hypervisor::Drive;
+use shim::rootfs::{ImageFormat, build_image};
 
 use crate::agent::{self, AgentVm};
 use crate::host::TempDir;
@@ -17,40 +18,48 @@ use crate::linux;
 /// Boot limit under TCG.
 pub const BOOT: Duration = Duration::from_secs(120);
 
-/// Boots the agent with a busybox root file system drive (serial `rootfs`,
-/// read-only) and waits until it serves. `extra` adds files to the image
-/// (path in the image, contents).
+/// Boots the agent with a busybox root file system drive (EROFS, serial
+/// `rootfs`, read-only) and waits until it serves. `extra` adds files to
+/// the image (path in the image, contents).
 pub fn boot_with_rootfs(dir: &TempDir, extra: &[(&str, &[u8])]) -> AgentVm {
+    boot_with_image(dir, extra, ImageFormat::Erofs)
+}
+
+/// As [`boot_with_rootfs`], with an image of the given format.
+pub fn boot_with_image(dir: &TempDir, extra: &[(&str, &[u8])], format: ImageFormat) -> AgentVm {
     let kernel = linux::kernel();
     let initrd = dir.join("initramfs.cpio");
     std::fs::write(&initrd, agent::initramfs(&agent::binary())).unwrap();
     let tree = agent::busybox_tree(&dir.0);
-    let mut size = 32;
     for (path, bytes) in extra {
         let p = tree.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, bytes).unwrap();
-        size += (bytes.len() / (1 << 20)) as u32 + 1;
     }
-    let img = dir.join("rootfs.ext4");
-    agent::ext4_image(&tree, &img, size);
+    let img = build_image(&tree, &dir.join(&format!("rootfs.{format}")), format)
+        .expect("build the rootfs image");
     let drives = vec![Drive {
         id: "rootfs".into(),
-        path: img,
+        path: img.path,
         read_only: true,
     }];
-    let vm = AgentVm::boot_with(&dir.0, &kernel, &initrd, drives);
+    let mut vm = AgentVm::boot_with(&dir.0, &kernel, &initrd, drives);
+    vm.rootfs = Some(format);
     vm.wait_console("husk-agent ready in", BOOT);
     vm
 }
 
-/// The busybox image as a writable (overlay) root.
-pub fn rootfs() -> Storage {
+/// The VM's busybox image as a writable (overlay) root.
+pub fn rootfs(vm: &AgentVm) -> Storage {
     Storage {
         source: StorageSource::Block {
             serial: "rootfs".into(),
         },
-        fstype: "ext4".into(),
+        fstype: vm
+            .rootfs
+            .expect("the VM has a rootfs drive")
+            .fstype()
+            .into(),
         overlay: true,
     }
 }
@@ -154,7 +163,7 @@ pub fn try_create(
     client.call_empty(Call::CreateContainer {
         id: id.into(),
         spec,
-        rootfs: rootfs(),
+        rootfs: rootfs(vm),
     })?;
     Ok(Running {
         id: id.into(),

@@ -42,7 +42,7 @@ fn container_lifecycle() {
     // A failed create closes the streams attached for it and leaves
     // nothing behind: the same ID works afterwards.
     let mut orphan = agent::attach(&vm, "bad", "", StdioStream::Stdout);
-    let mut bad_root = pod::rootfs();
+    let mut bad_root = pod::rootfs(&vm);
     bad_root.source = protocol::StorageSource::Block {
         serial: "no-such-drive".into(),
     };
@@ -60,7 +60,7 @@ fn container_lifecycle() {
     let r = c.call(Call::CreateContainer {
         id: "bad".into(),
         spec: serde_json::json!({"ociVersion": "1.0.2"}),
-        rootfs: pod::rootfs(),
+        rootfs: pod::rootfs(&vm),
     });
     assert_eq!(refused(r), ErrorCode::InvalidArgument);
     let (st, _, _) = pod::run(&vm, &mut c, "bad", &["/bin/true"], serde_json::json!({}));
@@ -68,7 +68,7 @@ fn container_lifecycle() {
     let r = c.call(Call::CreateContainer {
         id: "../x".into(),
         spec: pod::spec_for(&["/bin/true"]),
-        rootfs: pod::rootfs(),
+        rootfs: pod::rootfs(&vm),
     });
     assert_eq!(refused(r), ErrorCode::InvalidArgument);
 
@@ -280,7 +280,7 @@ fn large_output_is_byte_exact() {
     c.call_empty(Call::CreateContainer {
         id: "big".into(),
         spec,
-        rootfs: pod::rootfs(),
+        rootfs: pod::rootfs(&vm),
     })
     .unwrap();
     c.call_empty(Call::StartContainer { id: "big".into() })

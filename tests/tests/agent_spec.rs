@@ -282,7 +282,8 @@ fn cgroup_limits_stats_updates_and_oom_events() {
 #[test]
 fn terminal_gets_a_pty_and_resizes() {
     let dir = TempDir::new("agent-tty");
-    let vm = pod::boot_with_rootfs(&dir, &[]);
+    // The ext4 image path (the other tests use EROFS).
+    let vm = pod::boot_with_image(&dir, &[], shim::rootfs::ImageFormat::Ext4);
     let mut c = vm.client();
     let mut input = agent::attach(&vm, "tty", "", StdioStream::Stdin);
     let running = pod::create(
