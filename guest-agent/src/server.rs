@@ -105,9 +105,11 @@ fn container_call(call: Call) -> Result<Reply, ErrorReply> {
     }
 }
 
-fn connection(mut stream: File, ready_ms: u64) {
+/// Serves requests on `stream` until the peer closes, a frame is too large,
+/// or a shutdown was answered (then returns true).
+fn serve_requests<S: std::io::Read + std::io::Write>(stream: &mut S, ready_ms: u64) -> bool {
     loop {
-        let frame = match protocol::read_frame(&mut stream) {
+        let frame = match protocol::read_frame(stream) {
             Ok(f) => f,
             Err(CodecError::TooLarge(n)) => {
                 let err = Response {
@@ -117,10 +119,10 @@ fn connection(mut stream: File, ready_ms: u64) {
                         message: format!("frame of {n} bytes is too large"),
                     }),
                 };
-                let _ = protocol::write_message(&mut stream, &err);
-                return;
+                let _ = protocol::write_message(stream, &err);
+                return false;
             }
-            Err(_) => return,
+            Err(_) => return false,
         };
         let (id, result, shutdown) = match serde_json::from_slice::<Request>(&frame) {
             Ok(req) => {
@@ -136,18 +138,24 @@ fn connection(mut stream: File, ready_ms: u64) {
                 false,
             ),
         };
-        if protocol::write_message(&mut stream, &Response { id, result }).is_err() {
-            return;
+        if protocol::write_message(stream, &Response { id, result }).is_err() {
+            return false;
         }
         if shutdown {
-            // Let the answer reach the host: stop writing, then wait (bounded)
-            // for the host to close before the VM goes away.
-            use std::os::fd::AsRawFd;
-            // SAFETY: shutdown(2) on a socket fd we own.
-            unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
-            drain_until_closed(&mut stream, std::time::Duration::from_secs(2));
-            crate::init::power_off();
+            return true;
         }
+    }
+}
+
+fn connection(mut stream: File, ready_ms: u64) {
+    if serve_requests(&mut stream, ready_ms) {
+        // Let the answer reach the host: stop writing, then wait (bounded)
+        // for the host to close before the VM goes away.
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a socket fd we own.
+        unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+        drain_until_closed(&mut stream, std::time::Duration::from_secs(2));
+        crate::init::power_off();
     }
 }
 
@@ -188,5 +196,66 @@ pub fn serve(listener: VsockListener, ready_ms: u64) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn malformed_requests_get_errors_and_the_connection_goes_on() {
+        let (mut host, mut agent) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || serve_requests(&mut agent, 7));
+        let bad: [&[u8]; 5] = [
+            b"not json",
+            br#"{"id": 1, "call": {"op": "format_disk"}}"#,
+            br#"{"id": 2, "call": {"op": "stats", "id": "c", "extra": 1}}"#,
+            br#"{"id": 3}"#,
+            b"\xff\xfe",
+        ];
+        for body in bad {
+            host.write_all(&frame(body)).unwrap();
+            let r: Response = protocol::read_message(&mut host).unwrap();
+            let e = r.result.unwrap_err();
+            assert_eq!((r.id, e.code), (0, ErrorCode::InvalidArgument), "{e:?}");
+        }
+        // A refused call names its own request.
+        let req = Request {
+            id: 9,
+            call: Call::SetTime {
+                secs: 0,
+                nanos: 2_000_000_000,
+            },
+        };
+        protocol::write_message(&mut host, &req).unwrap();
+        let r: Response = protocol::read_message(&mut host).unwrap();
+        assert_eq!(r.id, 9);
+        assert_eq!(r.result.unwrap_err().code, ErrorCode::InvalidArgument);
+        // Still serving.
+        let req = Request {
+            id: 10,
+            call: Call::Version,
+        };
+        protocol::write_message(&mut host, &req).unwrap();
+        let r: Response = protocol::read_message(&mut host).unwrap();
+        match r.result.unwrap() {
+            Reply::Version(v) => assert_eq!((r.id, v.boot_to_ready_ms), (10, 7)),
+            other => panic!("{other:?}"),
+        }
+        // A frame over the limit is answered, then the connection ends.
+        host.write_all(&((protocol::MAX_FRAME as u32) + 1).to_be_bytes())
+            .unwrap();
+        let r: Response = protocol::read_message(&mut host).unwrap();
+        assert_eq!(r.result.unwrap_err().code, ErrorCode::InvalidArgument);
+        assert!(!server.join().unwrap());
     }
 }

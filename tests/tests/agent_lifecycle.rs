@@ -271,9 +271,11 @@ fn large_output_is_byte_exact() {
     let (hout, herr) = (Fnv::new(), Fnv::new());
     let pout = OutputPump::start(out, Box::new(hout.clone())).unwrap();
     let perr = OutputPump::start(err, Box::new(herr.clone())).unwrap();
+    // Both streams at once: a pipeline (the left side writes only to
+    // stderr, the right side ignores its stdin).
     let script = format!(
-        "for i in $(seq {REPEAT}); do cat /data/a; done & \
-         for i in $(seq {REPEAT}); do cat /data/b >&2; done; wait"
+        "for i in $(seq {REPEAT}); do cat /data/b; done >&2 | \
+         for i in $(seq {REPEAT}); do cat /data/a; done"
     );
     let mut spec = pod::spec_for(&["/bin/sh", "-c", &script]);
     pod::merge(&mut spec, serde_json::json!({}));

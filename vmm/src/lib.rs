@@ -15,6 +15,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod logger;
+pub mod uds;
 pub mod vstate;
 
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! The API thread: accepts connections on the Unix socket, reads requests,
 //! forwards actions to the VMM thread and writes the answers.
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
@@ -114,7 +114,7 @@ pub fn start(
     if path.exists() {
         return Err(ApiServerError::Exists(path.to_path_buf()));
     }
-    let listener = UnixListener::bind(path).map_err(|source| ApiServerError::Bind {
+    let listener = crate::uds::bind_ready(path).map_err(|source| ApiServerError::Bind {
         path: path.to_path_buf(),
         source,
     })?;

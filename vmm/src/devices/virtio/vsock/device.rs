@@ -2,7 +2,6 @@
 //! guest CID in the configuration space, packets moved between the queues
 //! and the muxer.
 
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +91,7 @@ impl Vsock {
         if uds_path.exists() {
             return Err(VsockError::Exists(uds_path.to_path_buf()));
         }
-        let listener = UnixListener::bind(uds_path).map_err(|source| VsockError::Bind {
+        let listener = crate::uds::bind_ready(uds_path).map_err(|source| VsockError::Bind {
             path: uds_path.to_path_buf(),
             source,
         })?;
