@@ -121,9 +121,60 @@ pub fn guest_stats() -> GuestStats {
     }
 }
 
+/// Where [`write_file`] puts files.
+pub const FILES: &str = "/run/husk/files";
+
+fn valid_relative(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 256
+        && path.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        })
+}
+
+/// Writes a small file below [`FILES`].
+pub fn write_file(path: &str, data: &[u8], mode: u32) -> Result<(), ErrorReply> {
+    if !valid_relative(path) {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("write_file: invalid path {path:?}"),
+        ));
+    }
+    if data.len() > protocol::MAX_FILE || mode > 0o7777 {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "write_file {path}: over {} bytes or bad mode",
+                protocol::MAX_FILE
+            ),
+        ));
+    }
+    let full = std::path::Path::new(FILES).join(path);
+    if let Some(parent) = full.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| err(ErrorCode::Internal, format!("write_file {path}: {e}")))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(&full, data)
+        .and_then(|()| std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)))
+        .map_err(|e| err(ErrorCode::Internal, format!("write_file {path}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_paths() {
+        assert!(valid_relative("c1/hosts"));
+        for bad in ["", "/etc/x", "a/../b", "a//b", "./a", "a b", "a/.."] {
+            assert!(!valid_relative(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn sysctl_keys() {

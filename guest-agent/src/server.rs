@@ -89,6 +89,11 @@ fn container_call(call: Call) -> Result<Reply, ErrorReply> {
             exec_id,
             after_bytes,
         } => empty(c::close_stdin(&container_id, &exec_id, after_bytes)),
+        Call::PauseContainer { id } => empty(c::freeze(&id, true)),
+        Call::ResumeContainer { id } => empty(c::freeze(&id, false)),
+        Call::WriteFile { path, data, mode } => {
+            empty(crate::sandbox::write_file(&path, &data, mode))
+        }
         Call::ListProcesses { id } => c::processes(&id).map(|pids| Reply::Processes { pids }),
         Call::Stats { id } => c::exists(&id)
             .and_then(|()| crate::cgroup::stats(&id))

@@ -19,7 +19,10 @@ pub use messages::{
 };
 
 /// Protocol version checked on connect.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// Largest file [`Call::WriteFile`] takes.
+pub const MAX_FILE: usize = 128 * 1024;
 
 /// vsock port the agent listens on for control calls.
 pub const AGENT_CONTROL_PORT: u32 = 1024;

@@ -120,6 +120,29 @@ pub enum Call {
         #[serde(default)]
         after_bytes: Option<u64>,
     },
+    /// Freezes every process of a container (cgroup freezer).
+    PauseContainer {
+        /// Container ID.
+        id: String,
+    },
+    /// Thaws a paused container.
+    ResumeContainer {
+        /// Container ID.
+        id: String,
+    },
+    /// Writes a small file under the guest's `/run/husk/files/`, for the
+    /// host to name as the source of a bind mount in a container's spec
+    /// (e.g. the `/etc/hosts` a container engine prepared on the host).
+    WriteFile {
+        /// Relative path below `/run/husk/files/`: components of
+        /// `[A-Za-z0-9_.-]`, no `..`.
+        path: String,
+        /// Contents, at most [`crate::MAX_FILE`] bytes.
+        data: Vec<u8>,
+        /// Permission bits.
+        #[serde(default = "default_file_mode")]
+        mode: u32,
+    },
     /// The processes of a container (guest PIDs).
     ListProcesses {
         /// Container ID.
@@ -146,6 +169,10 @@ pub enum Call {
     },
     /// Memory of the guest and the agent.
     GuestStats,
+}
+
+fn default_file_mode() -> u32 {
+    0o644
 }
 
 /// Guest-wide settings of a sandbox.

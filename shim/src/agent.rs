@@ -131,6 +131,9 @@ fn name(call: &Call) -> &'static str {
         Call::UpdateResources { .. } => "update_resources",
         Call::WaitOomEvent { .. } => "wait_oom_event",
         Call::GuestStats => "guest_stats",
+        Call::PauseContainer { .. } => "pause_container",
+        Call::ResumeContainer { .. } => "resume_container",
+        Call::WriteFile { .. } => "write_file",
     }
 }
 

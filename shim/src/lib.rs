@@ -3,8 +3,10 @@
 //! agent, and delivering a root file system to it.
 
 pub mod agent;
+pub mod cli;
 pub mod hypervisor;
 pub mod rootfs;
+pub mod runtime;
 
 /// The one-line error both front ends print until the container runtime exists.
 pub fn not_implemented(front_end: &str) -> String {

@@ -4,10 +4,12 @@
 //! images and QEMU TCG boots of the guest kernel.
 
 pub mod agent;
+pub mod cli;
 pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod linux;
 pub mod netns;
 pub mod pod;
+pub mod podman;
 pub mod vmm;

@@ -286,6 +286,25 @@ pub fn signal(id: &str, signal: i32, all: bool) -> Result<(), ErrorReply> {
         .map_err(|x| err(ErrorCode::FailedPrecondition, format!("signal {id}: {x}")))
 }
 
+/// Freezes (`pause`) or thaws a running container.
+pub fn freeze(id: &str, pause: bool) -> Result<(), ErrorReply> {
+    let entry = get(id)?;
+    let mut e = lock(&entry);
+    if !e.started || e.init.exit().is_some() {
+        return Err(err(
+            ErrorCode::FailedPrecondition,
+            format!("container {id} is not running"),
+        ));
+    }
+    let result = if pause {
+        e.container.pause()
+    } else {
+        e.container.resume()
+    };
+    let what = if pause { "pause" } else { "resume" };
+    result.map_err(|x| err(ErrorCode::FailedPrecondition, format!("{what} {id}: {x}")))
+}
+
 /// Sends `signal` to exec'd process `exec_id`.
 pub fn signal_exec(id: &str, exec_id: &str, signal: i32) -> Result<(), ErrorReply> {
     if exec_id.is_empty() {

@@ -1,8 +1,6 @@
-//! `husk`: the runc-compatible OCI runtime CLI.
+//! `husk`: the runc-compatible OCI runtime CLI; each container is a
+//! microVM.
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    eprintln!("{}", shim::not_implemented("husk"));
-    ExitCode::FAILURE
+fn main() {
+    std::process::exit(shim::cli::main());
 }

@@ -54,7 +54,9 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         path: config_path.clone(),
         source,
     })?;
-    let vmm = Command::new(vmm_bin)
+    let mut cmd = Command::new(vmm_bin);
+    super::die_with_parent(&mut cmd);
+    let vmm = cmd
         .arg("--no-api")
         .arg("--config-file")
         .arg(&config_path)

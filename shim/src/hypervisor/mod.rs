@@ -8,7 +8,7 @@ mod husk_vmm;
 mod qemu;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -40,8 +40,13 @@ pub enum HypervisorError {
         source: std::io::Error,
     },
     /// A helper process did not come up.
-    #[error("{0} did not start in time")]
-    NotStarted(&'static str),
+    #[error("{what} did not start{detail}")]
+    NotStarted {
+        /// The program.
+        what: &'static str,
+        /// Why, from its log (": …"), or " in time".
+        detail: String,
+    },
     /// The configuration names something invalid.
     #[error("invalid VM configuration: {0}")]
     Invalid(String),
@@ -272,6 +277,23 @@ impl Drop for Vm {
     }
 }
 
+/// Makes the child die with the thread that spawns it, so that a VM never
+/// outlives the process that owns it (even when that one is killed with
+/// SIGKILL). Spawn VMs from a thread that lives as long as they should.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Finds a program: `$env_var`, next to the running executable (or its
 /// parent directory, for test binaries in `deps/`), then `PATH`.
 pub(crate) fn find_program(name: &str, env_var: &str) -> Option<PathBuf> {
@@ -299,13 +321,30 @@ pub(crate) fn wait_for_path(
     path: &Path,
     child: &mut Child,
     what: &'static str,
+    log: &Path,
 ) -> Result<(), HypervisorError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
-        if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if Instant::now() >= deadline || exited {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(HypervisorError::NotStarted(what));
+            // The last line the helper logged says why.
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let last: String = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            let detail = if last.is_empty() {
+                if exited { ": it exited" } else { " in time" }.to_string()
+            } else {
+                format!(": {}", last.trim())
+            };
+            return Err(HypervisorError::NotStarted { what, detail });
         }
         std::thread::sleep(Duration::from_millis(5));
     }

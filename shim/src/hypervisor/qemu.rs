@@ -23,7 +23,10 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     let vu = dir.join("vu.sock");
     let hybrid = dir.join("vsock.sock");
     let console = dir.join("console.log");
-    let mut helper = Command::new(daemon)
+    let helper_log = dir.join("vhost-device-vsock.log");
+    let mut helper_cmd = Command::new(daemon);
+    super::die_with_parent(&mut helper_cmd);
+    let mut helper = helper_cmd
         .arg("--guest-cid")
         .arg("3")
         .arg("--socket")
@@ -32,15 +35,13 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         .arg(&hybrid)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(create_file(
-            &dir.join("vhost-device-vsock.log"),
-        )?))
+        .stderr(Stdio::from(create_file(&helper_log)?))
         .spawn()
         .map_err(|source| HypervisorError::Spawn {
             program: "vhost-device-vsock",
             source,
         })?;
-    wait_for_path(&vu, &mut helper, "vhost-device-vsock")?;
+    wait_for_path(&vu, &mut helper, "vhost-device-vsock", &helper_log)?;
 
     let accel = if super::kvm_kind() == KvmKind::Hardware {
         "kvm"
@@ -49,7 +50,16 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     };
     let mem = spec.memory_mib;
     let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "microvm,acpi=off,memory-backend=mem", "-accel", accel])
+    super::die_with_parent(&mut cmd);
+    // TCG's translation cache defaults to 1 GiB and grows with the code a
+    // guest runs; a container's guest fits in much less.
+    let accel_opt = if accel == "tcg" {
+        "tcg,tb-size=32".to_string()
+    } else {
+        accel.to_string()
+    };
+    cmd.args(["-M", "microvm,acpi=off,memory-backend=mem", "-accel"])
+        .arg(&accel_opt)
         .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
         .arg("-m")
         .arg(format!("{mem}M"))

@@ -1,0 +1,388 @@
+//! The lifecycle commands.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use liboci_cli::{CommonCmd, Create, Delete, Kill, StandardCmd};
+use protocol::{Call, Reply};
+
+use super::CliError;
+use super::exec::{exec, spawn_monitor, status_of, write_pid_file};
+use crate::agent::AgentClient;
+use crate::runtime::hooks::{self, HookKind};
+use crate::runtime::state::{ContainerState, StateError, Status, Store, start_time};
+
+/// `create`, `start`, `state`, `kill`, `delete`.
+pub fn standard(store: &Store, cmd: StandardCmd) -> Result<i32, CliError> {
+    match cmd {
+        StandardCmd::Create(args) => {
+            create(store, &args)?;
+            Ok(0)
+        }
+        StandardCmd::Start(args) => {
+            start(store, &args.container_id)?;
+            Ok(0)
+        }
+        StandardCmd::State(args) => {
+            let s = store.load(&args.container_id)?;
+            println!("{}", serde_json::to_string_pretty(&s.oci_json())?);
+            Ok(0)
+        }
+        StandardCmd::Kill(args) => kill(store, &args).map(|()| 0),
+        StandardCmd::Delete(args) => delete(store, &args).map(|()| 0),
+    }
+}
+
+/// The other runc commands.
+pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
+    match cmd {
+        CommonCmd::Run(args) => {
+            let create_args = Create {
+                bundle: args.bundle.clone(),
+                console_socket: args.console_socket.clone(),
+                pid_file: args.pid_file.clone(),
+                no_pivot: args.no_pivot,
+                no_new_keyring: args.no_new_keyring,
+                preserve_fds: args.preserve_fds,
+                container_id: args.container_id.clone(),
+            };
+            let mut monitor = create(store, &create_args)?;
+            if let Err(e) = start(store, &args.container_id) {
+                let _ = force_delete(store, &args.container_id);
+                return Err(e);
+            }
+            if args.detach {
+                return Ok(0);
+            }
+            let status = status_of(&mut monitor);
+            if !args.keep {
+                let _ = force_delete(store, &args.container_id);
+            }
+            Ok(status)
+        }
+        CommonCmd::Exec(args) => exec(store, args),
+        CommonCmd::Ps(args) => {
+            let (_, mut c) = connect(store, &args.container_id)?;
+            let pids = match c.call(Call::ListProcesses {
+                id: args.container_id.clone(),
+            })? {
+                Reply::Processes { pids } => pids,
+                other => return Err(CliError(format!("unexpected answer {other:?}"))),
+            };
+            if args.format == "json" {
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                println!("PID");
+                for p in pids {
+                    println!("{p}");
+                }
+            }
+            Ok(0)
+        }
+        CommonCmd::List(args) => {
+            let states: Vec<ContainerState> = store
+                .ids()
+                .iter()
+                .filter_map(|id| store.load(id).ok())
+                .collect();
+            if args.quiet {
+                for s in &states {
+                    println!("{}", s.id);
+                }
+            } else if args.format == "json" {
+                let all: Vec<serde_json::Value> =
+                    states.iter().map(ContainerState::oci_json).collect();
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                println!("{:<20} {:<8} {:<8} BUNDLE", "ID", "PID", "STATUS");
+                for s in &states {
+                    let j = s.oci_json();
+                    println!(
+                        "{:<20} {:<8} {:<8} {}",
+                        s.id,
+                        j["pid"],
+                        s.live_status(),
+                        s.bundle.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        CommonCmd::Pause(args) => freeze(store, &args.container_id, true).map(|()| 0),
+        CommonCmd::Resume(args) => freeze(store, &args.container_id, false).map(|()| 0),
+        CommonCmd::Events(args) => {
+            let interval = Duration::from_secs(u64::from(args.interval.max(1)));
+            loop {
+                let (_, mut c) = connect(store, &args.container_id)?;
+                let stats = c.call(Call::Stats {
+                    id: args.container_id.clone(),
+                })?;
+                let data = match stats {
+                    Reply::Stats(s) => serde_json::to_value(s)?,
+                    other => return Err(CliError(format!("unexpected answer {other:?}"))),
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "stats", "id": args.container_id, "data": data})
+                );
+                if args.stats {
+                    return Ok(0);
+                }
+                std::thread::sleep(interval);
+            }
+        }
+        CommonCmd::Update(args) => {
+            let mut resources = match &args.resources {
+                Some(p) if p.as_os_str() == "-" => serde_json::from_reader(std::io::stdin())?,
+                Some(p) => serde_json::from_slice(
+                    &std::fs::read(p).map_err(|e| CliError(format!("{}: {e}", p.display())))?,
+                )?,
+                None => serde_json::json!({}),
+            };
+            let set =
+                |r: &mut serde_json::Value, a: &str, b: &str, v: Option<serde_json::Value>| {
+                    if let Some(v) = v {
+                        r[a][b] = v;
+                    }
+                };
+            set(
+                &mut resources,
+                "memory",
+                "limit",
+                args.memory.map(Into::into),
+            );
+            set(
+                &mut resources,
+                "memory",
+                "swap",
+                args.memory_swap.map(Into::into),
+            );
+            set(
+                &mut resources,
+                "cpu",
+                "quota",
+                args.cpu_quota.map(Into::into),
+            );
+            set(
+                &mut resources,
+                "cpu",
+                "period",
+                args.cpu_period.map(Into::into),
+            );
+            set(
+                &mut resources,
+                "cpu",
+                "shares",
+                args.cpu_share.map(Into::into),
+            );
+            set(
+                &mut resources,
+                "pids",
+                "limit",
+                args.pids_limit.map(Into::into),
+            );
+            let (_, mut c) = connect(store, &args.container_id)?;
+            c.call_empty(Call::UpdateResources {
+                id: args.container_id.clone(),
+                resources,
+            })?;
+            Ok(0)
+        }
+        CommonCmd::Features(_) => {
+            let features = serde_json::json!({
+                "ociVersionMin": "1.0.0",
+                "ociVersionMax": "1.2.0",
+                "hooks": HookKind::ALL.map(HookKind::key),
+                "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec"],
+                "linux": {
+                    "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+                    "cgroup": {"v1": false, "v2": true, "systemd": false},
+                    "seccomp": {"enabled": true},
+                },
+                "annotations": {"io.husk.vcpus": "vCPUs of the VM", "io.husk.memory_mib": "memory of the VM (MiB)", "io.husk.hypervisor": "auto, husk-vmm or qemu"}
+            });
+            println!("{}", serde_json::to_string_pretty(&features)?);
+            Ok(0)
+        }
+        CommonCmd::Spec(args) => {
+            let dir = args.bundle.unwrap_or_else(|| ".".into());
+            let path = dir.join("config.json");
+            if path.exists() {
+                return Err(CliError(format!("{}: already exists", path.display())));
+            }
+            let spec = if args.rootless {
+                // SAFETY: getuid/getgid cannot fail.
+                let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                oci_spec::runtime::Spec::rootless(uid, gid)
+            } else {
+                oci_spec::runtime::Spec::default()
+            };
+            std::fs::write(&path, serde_json::to_string_pretty(&spec)?)
+                .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+            Ok(0)
+        }
+        CommonCmd::Checkpointt(_) => Err(CliError("not implemented: checkpoint".into())),
+    }
+}
+
+/// Creates the container: claims the ID, starts its monitor and waits
+/// until the container exists in the VM. A failure leaves nothing behind.
+fn create(store: &Store, args: &Create) -> Result<std::process::Child, CliError> {
+    store.claim(&args.container_id)?;
+    let mut margs: Vec<OsString> = vec!["--bundle".into(), args.bundle.clone().into()];
+    if let Some(s) = &args.console_socket {
+        margs.push("--console-socket".into());
+        margs.push(s.into());
+    }
+    margs.push(args.container_id.clone().into());
+    let child = match spawn_monitor(store, margs) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = store.remove(&args.container_id);
+            return Err(e);
+        }
+    };
+    if let Err(e) = write_pid_file(args.pid_file.as_deref(), child.id()) {
+        let _ = force_delete(store, &args.container_id);
+        return Err(e);
+    }
+    Ok(child)
+}
+
+fn connect(store: &Store, id: &str) -> Result<(ContainerState, AgentClient), CliError> {
+    let state = store.load(id)?;
+    if state.live_status() == Status::Stopped {
+        return Err(CliError(format!("container {id} is not running")));
+    }
+    let client = AgentClient::connect(&state.vsock)?;
+    Ok((state, client))
+}
+
+fn start(store: &Store, id: &str) -> Result<(), CliError> {
+    let state = store.load(id)?;
+    let status = state.live_status();
+    if status != Status::Created {
+        return Err(CliError(format!(
+            "cannot start container {id}: it is {status}"
+        )));
+    }
+    let created = state.oci_json_as(Status::Created);
+    let pre = hooks::run(&state.hooks, HookKind::Prestart, &created)
+        .and_then(|()| hooks::run(&state.hooks, HookKind::StartContainer, &created));
+    if let Err(e) = pre {
+        // The user process never runs: the container stops.
+        stop_monitor(&state);
+        return Err(e.into());
+    }
+    let mut c = AgentClient::connect(&state.vsock)?;
+    c.call_empty(Call::StartContainer { id: id.to_string() })?;
+    let running = store.set_status(id, Status::Running)?;
+    hooks::run_warning(
+        &running.hooks,
+        HookKind::Poststart,
+        &running.oci_json_as(Status::Running),
+    );
+    Ok(())
+}
+
+/// A signal by name (`TERM`, `SIGTERM`) or number.
+fn parse_signal(s: &str) -> Result<i32, CliError> {
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|_| n)
+            .map_err(|_| CliError(format!("invalid signal {s:?}")));
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| CliError(format!("invalid signal {s:?}")))
+}
+
+fn kill(store: &Store, args: &Kill) -> Result<(), CliError> {
+    let signal = parse_signal(&args.signal)?;
+    let (_, mut c) = connect(store, &args.container_id)?;
+    c.call_empty(Call::SignalContainer {
+        id: args.container_id.clone(),
+        signal,
+        all: args.all,
+    })?;
+    Ok(())
+}
+
+fn freeze(store: &Store, id: &str, pause: bool) -> Result<(), CliError> {
+    let (state, mut c) = connect(store, id)?;
+    let status = state.live_status();
+    let (want, call, to) = if pause {
+        (
+            Status::Running,
+            Call::PauseContainer { id: id.into() },
+            Status::Paused,
+        )
+    } else {
+        (
+            Status::Paused,
+            Call::ResumeContainer { id: id.into() },
+            Status::Running,
+        )
+    };
+    if status != want {
+        let what = if pause { "pause" } else { "resume" };
+        return Err(CliError(format!(
+            "cannot {what} container {id}: it is {status}"
+        )));
+    }
+    c.call_empty(call)?;
+    store.set_status(id, to)?;
+    Ok(())
+}
+
+fn delete(store: &Store, args: &Delete) -> Result<(), CliError> {
+    let id = &args.container_id;
+    let state = match store.load(id) {
+        Ok(s) => s,
+        Err(StateError::NotFound(_)) if args.force => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let status = state.live_status();
+    if !args.force && matches!(status, Status::Running | Status::Paused) {
+        return Err(CliError(format!(
+            "cannot delete container {id} that is not stopped: it is {status}"
+        )));
+    }
+    force_delete(store, id)
+}
+
+/// Ends the monitor (and with it the VM), runs the `poststop` hooks and
+/// removes the state.
+fn force_delete(store: &Store, id: &str) -> Result<(), CliError> {
+    if let Ok(state) = store.load(id) {
+        stop_monitor(&state);
+        hooks::run_warning(
+            &state.hooks,
+            HookKind::Poststop,
+            &state.oci_json_as(Status::Stopped),
+        );
+    }
+    store.remove(id)?;
+    Ok(())
+}
+
+/// Kills a container's monitor (its VM dies with it) and waits until it
+/// is gone.
+fn stop_monitor(state: &ContainerState) {
+    if !state.monitor_alive() {
+        return;
+    }
+    // SAFETY: kill(2) on the PID the state names, checked against its
+    // start time just above.
+    unsafe { libc::kill(state.pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while start_time(state.pid) == Some(state.pid_start) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

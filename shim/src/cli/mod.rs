@@ -1,0 +1,100 @@
+//! `husk`, the runc-compatible command line: argument parsing (youki's
+//! `liboci-cli`), error reporting, and dispatch to the commands.
+
+mod commands;
+mod exec;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
+
+use crate::runtime::log::{self, LogOpts};
+use crate::runtime::monitor::{self, MonitorArgs, Role};
+use crate::runtime::state::Store;
+
+/// husk: runs each OCI container in its own microVM.
+#[derive(Parser, Debug)]
+#[command(name = "husk", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    /// The husk configuration file (default: $HUSK_CONFIG, else
+    /// /etc/husk/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    #[command(flatten)]
+    Standard(Box<StandardCmd>),
+    #[command(flatten)]
+    Common(Box<CommonCmd>),
+    /// Internal: the monitor of a container.
+    #[command(name = "__monitor", hide = true)]
+    Monitor(MonitorCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct MonitorCmd {
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    #[arg(long)]
+    process: Option<PathBuf>,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    id: String,
+}
+
+/// A command's failure: one line for the user.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// Runs the CLI; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Some(config) = &cli.config {
+        // The monitors this process starts read the same file.
+        // SAFETY: no other thread exists yet to read the environment.
+        unsafe { std::env::set_var(crate::runtime::config::ENV, config) };
+    }
+    let store = Store::new(cli.global.root.as_deref());
+    log::init(LogOpts {
+        path: cli.global.log.clone(),
+        json: cli.global.log_format.as_deref() == Some("json"),
+        debug: cli.global.debug,
+    });
+    let result = match cli.command {
+        Command::Monitor(m) => {
+            let role = match (m.bundle, m.process) {
+                (Some(bundle), None) => Role::Container { bundle },
+                (None, Some(process)) => Role::Exec { process },
+                _ => return 2,
+            };
+            return monitor::run(&MonitorArgs {
+                store,
+                id: m.id,
+                role,
+                console_socket: m.console_socket,
+            });
+        }
+        Command::Standard(cmd) => commands::standard(&store, *cmd),
+        Command::Common(cmd) => commands::common(&store, *cmd),
+    };
+    match result {
+        Ok(status) => status,
+        Err(CliError(message)) => {
+            log::error(&message);
+            1
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! OCI bundles on the host: reading and checking `config.json`, and turning
+//! what refers to the host (bind mounts of host files) into what the guest
+//! can use.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Errors of a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// `config.json` could not be read.
+    #[error("bundle {dir}: config.json: {source}")]
+    Read {
+        /// Bundle directory.
+        dir: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// `config.json` is not a valid runtime spec.
+    #[error("bundle {dir}: invalid config.json: {message}")]
+    Invalid {
+        /// Bundle directory.
+        dir: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// Something the spec asks for that husk does not do yet.
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
+    /// A host file named by a mount could not be read.
+    #[error("mount {destination}: source {source_path}: {cause}")]
+    Source {
+        /// Where it was to be mounted.
+        destination: String,
+        /// The host file.
+        source_path: PathBuf,
+        /// Cause.
+        cause: String,
+    },
+}
+
+/// A bundle read from disk.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute bundle directory.
+    pub dir: PathBuf,
+    /// `config.json` as JSON.
+    pub spec: Value,
+    /// The root file system directory on the host.
+    pub rootfs: PathBuf,
+    /// Annotations.
+    pub annotations: HashMap<String, String>,
+}
+
+fn invalid(dir: &Path, message: impl Into<String>) -> BundleError {
+    BundleError::Invalid {
+        dir: dir.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl Bundle {
+    /// Reads and checks the bundle at `dir`.
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let dir = std::path::absolute(dir).map_err(|source| BundleError::Read {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let text = std::fs::read(dir.join("config.json")).map_err(|source| BundleError::Read {
+            dir: dir.clone(),
+            source,
+        })?;
+        let spec: Value =
+            serde_json::from_slice(&text).map_err(|e| invalid(&dir, e.to_string()))?;
+        let typed: oci_spec::runtime::Spec =
+            serde_json::from_value(spec.clone()).map_err(|e| invalid(&dir, e.to_string()))?;
+        let Some(process) = typed.process() else {
+            return Err(invalid(&dir, "process: missing"));
+        };
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(invalid(&dir, "process.args: empty"));
+        }
+        let Some(root) = typed.root() else {
+            return Err(invalid(&dir, "root: missing"));
+        };
+        let rootfs = dir.join(root.path());
+        if !rootfs.is_dir() {
+            return Err(invalid(
+                &dir,
+                format!("root.path: {} is not a directory", rootfs.display()),
+            ));
+        }
+        super::hooks::check(&spec["hooks"]).map_err(|e| invalid(&dir, e.to_string()))?;
+        let namespaces = spec["linux"]["namespaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(ns) = namespaces.iter().find(|n| {
+            n.get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| !p.is_empty())
+        }) {
+            return Err(BundleError::NotImplemented(format!(
+                "joining a host namespace ({} at {})",
+                ns["type"].as_str().unwrap_or("?"),
+                ns["path"].as_str().unwrap_or("?")
+            )));
+        }
+        let annotations = typed.annotations().clone().unwrap_or_default();
+        Ok(Bundle {
+            dir,
+            spec,
+            rootfs,
+            annotations,
+        })
+    }
+
+    /// The spec's cpu quota and period, if set.
+    pub fn cpu(&self) -> Option<(i64, u64)> {
+        let cpu = &self.spec["linux"]["resources"]["cpu"];
+        Some((
+            cpu["quota"].as_i64()?,
+            cpu["period"].as_u64().unwrap_or(100_000),
+        ))
+    }
+
+    /// The spec's memory limit, if set.
+    pub fn memory_limit(&self) -> Option<i64> {
+        self.spec["linux"]["resources"]["memory"]["limit"].as_i64()
+    }
+
+    /// Whether the process asks for a terminal.
+    pub fn terminal(&self) -> bool {
+        self.spec["process"]["terminal"].as_bool().unwrap_or(false)
+    }
+}
+
+/// A host file the guest needs, to be written with `write_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    /// Path below the guest's `/run/husk/files/`.
+    pub path: String,
+    /// Contents.
+    pub data: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// Where the agent keeps files written with `write_file`.
+pub const GUEST_FILES: &str = "/run/husk/files";
+
+fn is_bind(m: &Value) -> bool {
+    m["type"].as_str() == Some("bind")
+        || m["options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// Rewrites the bind mounts of `spec` (container `id`) for the guest: a
+/// host file becomes a copy written into the guest; a host directory bound
+/// on `/dev/shm` becomes a tmpfs; other host directories need a shared file
+/// system and are refused for now.
+pub fn guest_mounts(spec: &mut Value, id: &str) -> Result<Vec<GuestFile>, BundleError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = Vec::new();
+    let Some(mounts) = spec["mounts"].as_array_mut() else {
+        return Ok(files);
+    };
+    for (n, m) in mounts.iter_mut().enumerate() {
+        if !is_bind(m) {
+            continue;
+        }
+        let destination = m["destination"].as_str().unwrap_or("").to_string();
+        let source = PathBuf::from(m["source"].as_str().unwrap_or(""));
+        let err = |cause: String| BundleError::Source {
+            destination: destination.clone(),
+            source_path: source.clone(),
+            cause,
+        };
+        let meta = std::fs::metadata(&source).map_err(|e| err(e.to_string()))?;
+        if meta.is_file() {
+            if meta.len() > protocol::MAX_FILE as u64 {
+                return Err(BundleError::NotImplemented(format!(
+                    "bind mount of host file {} larger than {} bytes",
+                    source.display(),
+                    protocol::MAX_FILE
+                )));
+            }
+            let data = std::fs::read(&source).map_err(|e| err(e.to_string()))?;
+            let name = source
+                .file_name()
+                .map(|f| {
+                    f.to_string_lossy().replace(
+                        |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-' && c != '_',
+                        "_",
+                    )
+                })
+                .unwrap_or_default();
+            let path = format!("{id}/{n}-{}", name.trim_start_matches('.'));
+            m["source"] = Value::String(format!("{GUEST_FILES}/{path}"));
+            files.push(GuestFile {
+                path,
+                data,
+                mode: meta.permissions().mode() & 0o7777,
+            });
+        } else if meta.is_dir() && destination == "/dev/shm" {
+            *m = serde_json::json!({
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
+            });
+        } else {
+            return Err(BundleError::NotImplemented(format!(
+                "bind mount of host directory {} on {destination} (host directories need a shared file system)",
+                source.display()
+            )));
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_dir(name: &str, config: &Value) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("husk-bundle-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        dir
+    }
+
+    fn good() -> Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"}
+        })
+    }
+
+    #[test]
+    fn bundles_are_checked_and_errors_name_the_field() {
+        let dir = bundle_dir("good", &good());
+        let b = Bundle::load(&dir).unwrap();
+        assert_eq!(b.rootfs, dir.join("rootfs"));
+        let mut bad = good();
+        bad["process"]["args"] = serde_json::json!([]);
+        let e = Bundle::load(&bundle_dir("noargs", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("process.args: empty"), "{e}");
+        let mut bad = good();
+        bad["root"]["path"] = serde_json::json!("nothere");
+        let e = Bundle::load(&bundle_dir("noroot", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("root.path"), "{e}");
+        let mut bad = good();
+        bad["process"]["user"] = serde_json::json!({"uid": "root"});
+        let e = Bundle::load(&bundle_dir("baduser", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid config.json"), "{e}");
+        let mut hooks = good();
+        hooks["hooks"] = serde_json::json!({"poststart": [{"path": "true"}]});
+        let e = Bundle::load(&bundle_dir("hooks", &hooks))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("invalid config.json: hooks.poststart[0]: path: \"true\" is not absolute"),
+            "{e}"
+        );
+        let e = Bundle::load(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json"), "{e}");
+        for n in ["good", "noargs", "noroot", "baduser", "hooks"] {
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir().join(format!("husk-bundle-{n}-{}", std::process::id())),
+            );
+        }
+    }
+
+    #[test]
+    fn host_files_are_copied_and_directories_refused() {
+        let dir = bundle_dir("mounts", &good());
+        std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let mut spec = serde_json::json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/etc/hosts", "type": "bind", "source": dir.join("hosts"), "options": ["rbind", "ro"]},
+            {"destination": "/dev/shm", "type": "bind", "source": dir.join("rootfs"), "options": ["bind"]}
+        ]});
+        let files = guest_mounts(&mut spec, "c1").unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "c1/1-hosts");
+        assert_eq!(files[0].data, b"127.0.0.1 localhost\n");
+        assert_eq!(spec["mounts"][1]["source"], "/run/husk/files/c1/1-hosts");
+        assert_eq!(spec["mounts"][2]["type"], "tmpfs");
+        let mut spec = serde_json::json!({"mounts": [
+            {"destination": "/data", "type": "bind", "source": dir.join("rootfs")}
+        ]});
+        let e = guest_mounts(&mut spec, "c1").unwrap_err().to_string();
+        assert!(
+            e.starts_with("not implemented: bind mount of host directory"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,333 @@
+//! The `husk` CLI as runc's callers use it: each container a microVM (QEMU
+//! TCG on hosts without hardware-backed KVM).
+
+use std::io::Write;
+use std::process::Stdio;
+
+use integration_tests::cli::{Husk, processes_mentioning, text};
+
+#[test]
+fn run_prints_output_and_returns_the_exit_code() {
+    let h = Husk::new("cli-run");
+    let b = h.bundle(
+        "b1",
+        &["/bin/sh", "-c", "echo hello; echo oops >&2; exit 3"],
+        serde_json::json!({}),
+    );
+    let out = h.run(&["run", "--bundle", b.to_str().unwrap(), "r1"]);
+    assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "oops\n");
+    assert_eq!(out.status.code(), Some(3));
+    // `run` without --keep removes the container.
+    assert!(h.state("r1").is_none());
+
+    // stdin reaches the process; EOF ends it.
+    let b = h.bundle(
+        "b2",
+        &["/bin/sh", "-c", "tr a-z A-Z; echo done"],
+        serde_json::json!({}),
+    );
+    let mut child = h
+        .command(&["run", "--bundle", b.to_str().unwrap(), "r2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "SHOUT\ndone\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn lifecycle_create_start_state_exec_kill_delete() {
+    let h = Husk::new("cli-life");
+    let b = h.bundle(
+        "b",
+        &["/bin/sh", "-c", "echo started; exec sleep 1000"],
+        serde_json::json!({"annotations": {"org.example": "x"}}),
+    );
+    let pid_file = h.dir.join("c1.pid");
+    let log = h.dir.join("c1.out");
+    let out = h
+        .command(&[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(h.dir.join("c1.err")).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        out.success(),
+        "create: {}",
+        std::fs::read_to_string(h.dir.join("c1.err")).unwrap()
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let s = h.state("c1").unwrap();
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["pid"], pid);
+    assert_eq!(s["bundle"], b.to_str().unwrap());
+    assert_eq!(s["annotations"]["org.example"], "x");
+    assert_eq!(s["ociVersion"], "1.0.2");
+    // The pid lives: kill -0 works.
+    // SAFETY: signal 0 only checks the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0);
+
+    // Errors: duplicate id, unknown container, invalid state transitions.
+    let out = h.run(&["create", "--bundle", b.to_str().unwrap(), "c1"]);
+    assert_eq!(text(&out.stderr), "husk: container c1 already exists\n");
+    assert_eq!(out.status.code(), Some(1));
+    let out = h.run(&["state", "nope"]);
+    assert_eq!(text(&out.stderr), "husk: container nope does not exist\n");
+    let out = h.run(&["exec", "c1", "/bin/true"]);
+    assert!(
+        text(&out.stderr).contains("it is created"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = h.run(&["start", "c1"]);
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    assert_eq!(h.state("c1").unwrap()["status"], "running");
+    let out = h.run(&["start", "c1"]);
+    assert_eq!(
+        text(&out.stderr),
+        "husk: cannot start container c1: it is running\n"
+    );
+
+    // exec with args (foreground) and its exit code.
+    let out = h.run(&["exec", "c1", "/bin/sh", "-c", "echo in $(hostname); exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("in "),
+        "{}",
+        text(&out.stdout)
+    );
+    // exec with --process, detached, with a pid file.
+    let proc_file = h.dir.join("p.json");
+    std::fs::write(&proc_file, serde_json::json!({"args": ["/bin/sleep", "30"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}).to_string()).unwrap();
+    let xpid = h.dir.join("x.pid");
+    // Detached: its stdio stays open, so not pipes (as with runc).
+    let st = h
+        .command(&[
+            "exec",
+            "--process",
+            proc_file.to_str().unwrap(),
+            "--detach",
+            "--pid-file",
+            xpid.to_str().unwrap(),
+            "c1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "exec -d failed");
+    assert!(
+        std::fs::read_to_string(&xpid)
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .is_ok()
+    );
+
+    // ps lists the container's processes (sleep and the exec'd sleep).
+    let out = h.run(&["ps", "--format", "json", "c1"]);
+    let pids: Vec<i32> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stderr)));
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let out = h.run(&["list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "c1");
+
+    // pause / resume.
+    assert!(h.run(&["pause", "c1"]).status.success());
+    assert_eq!(h.state("c1").unwrap()["status"], "paused");
+    let out = h.run(&["delete", "c1"]);
+    assert!(
+        text(&out.stderr).contains("not stopped"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(h.run(&["resume", "c1"]).status.success());
+    assert_eq!(h.state("c1").unwrap()["status"], "running");
+
+    // kill: the container stops; its pid exits with 128 + 15.
+    let out = h.run(&["kill", "c1", "KILL"]);
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while h.state("c1").unwrap()["status"] != "stopped" {
+        assert!(std::time::Instant::now() < deadline, "never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(h.state("c1").unwrap()["pid"], 0);
+    let out = h.run(&["kill", "c1", "TERM"]);
+    assert_eq!(text(&out.stderr), "husk: container c1 is not running\n");
+    let out = h.run(&["kill", "c1", "NOSUCH"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "started\n");
+    assert!(h.run(&["delete", "c1"]).status.success());
+    assert!(h.state("c1").is_none());
+    assert!(!h.root.join("c1").exists());
+    assert!(
+        std::fs::read_dir(h.root.join(".vm"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "VM directory left"
+    );
+    assert!(
+        processes_mentioning(&h.root).is_empty(),
+        "{:?}",
+        processes_mentioning(&h.root)
+    );
+    let out = h.run(&["delete", "c1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(h.run(&["delete", "--force", "c1"]).status.success());
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let h = Husk::new("cli-bad");
+    let b = h.bundle("b", &["/bin/true"], serde_json::json!({}));
+    // Invalid config.json names the field.
+    let bad = h.bundle(
+        "bad",
+        &["/bin/true"],
+        serde_json::json!({"process": {"args": []}}),
+    );
+    let out = h.run(&["create", "--bundle", bad.to_str().unwrap(), "x1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("process.args: empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!h.root.join("x1").exists(), "state left behind");
+    // A missing bundle.
+    let out = h.run(&["create", "--bundle", "/nonexistent", "x2"]);
+    assert!(
+        text(&out.stderr).contains("config.json"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An invalid id.
+    let out = h.run(&["create", "--bundle", b.to_str().unwrap(), "../x"]);
+    assert!(
+        text(&out.stderr).contains("invalid container id"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A missing kernel: one line naming it, nothing left.
+    std::fs::write(&h.config, "kernel = \"/nonexistent/vmlinux\"\n").unwrap();
+    let out = h.run(&["create", "--bundle", b.to_str().unwrap(), "x3"]);
+    assert_eq!(
+        text(&out.stderr),
+        "husk: kernel /nonexistent/vmlinux: not found (set `kernel` in the husk config file, /etc/husk/config.toml or $HUSK_CONFIG)\n"
+    );
+    assert!(!h.root.join("x3").exists());
+    assert!(processes_mentioning(&h.root).is_empty());
+    // `spec` writes a default config.json once.
+    let dir = h.dir.join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(
+        h.run(&["spec", "--bundle", dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["process"]["args"][0], "sh");
+    assert!(
+        !h.run(&["spec", "--bundle", dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = h.run(&["features"]);
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["linux"]["cgroup"]["v2"], true);
+    let out = h.run(&["--version"]);
+    assert!(
+        text(&out.stdout).starts_with("husk "),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn hooks_run_at_their_points_with_the_state_on_stdin() {
+    let h = Husk::new("cli-hooks");
+    let out_dir = h.dir.join("hooks");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let hook = |kind: &str| {
+        serde_json::json!([{
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}/{kind}.json", out_dir.display())],
+        }])
+    };
+    let hooks = serde_json::json!({
+        "createRuntime": hook("createRuntime"),
+        "createContainer": hook("createContainer"),
+        "prestart": hook("prestart"),
+        "startContainer": hook("startContainer"),
+        "poststart": hook("poststart"),
+        "poststop": hook("poststop"),
+    });
+    let b = h.bundle(
+        "b",
+        &["/bin/sleep", "1000"],
+        serde_json::json!({"hooks": hooks}),
+    );
+    let seen = |kind: &str| -> Option<serde_json::Value> {
+        let text = std::fs::read(out_dir.join(format!("{kind}.json"))).ok()?;
+        Some(serde_json::from_slice(&text).unwrap())
+    };
+    let out = h.create(&b, "h1", &[]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let pid = h.state("h1").unwrap()["pid"].clone();
+    for kind in ["createRuntime", "createContainer"] {
+        let s = seen(kind).unwrap_or_else(|| panic!("{kind} did not run"));
+        assert_eq!(s["status"], "creating", "{kind}");
+        assert_eq!(s["id"], "h1");
+        assert_eq!(s["pid"], pid);
+        assert_eq!(s["bundle"], b.to_str().unwrap());
+    }
+    assert!(seen("prestart").is_none() && seen("startContainer").is_none());
+    assert!(h.run(&["start", "h1"]).status.success());
+    assert_eq!(seen("prestart").unwrap()["status"], "created");
+    assert_eq!(seen("startContainer").unwrap()["status"], "created");
+    assert_eq!(seen("poststart").unwrap()["status"], "running");
+    assert!(seen("poststop").is_none());
+    assert!(h.run(&["delete", "--force", "h1"]).status.success());
+    assert_eq!(seen("poststop").unwrap()["status"], "stopped");
+
+    // A failing createRuntime hook fails `create` and leaves nothing.
+    let failing = serde_json::json!({"hooks": {"createRuntime": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "echo refused >&2; exit 4"]}
+    ]}});
+    let b = h.bundle("bad", &["/bin/true"], failing);
+    let out = h.create(&b, "h2", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "husk: createRuntime hook /bin/sh: exited with status 4: refused\n"
+    );
+    assert!(!h.root.join("h2").exists());
+    assert!(
+        processes_mentioning(&h.root).is_empty(),
+        "{:?}",
+        processes_mentioning(&h.root)
+    );
+}
