@@ -11,7 +11,7 @@ pkgs=(
     iproute2                                                           # test network namespaces and TAPs
     e2fsprogs erofs-utils                                              # container root file system images
     libseccomp-dev pkg-config                                          # seccomp in the static agent
-    podman runc crun                                                   # real OCI clients and peer runtimes
+    podman runc crun containerd                                        # real OCI clients and peer runtimes
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod containerd;
 pub mod guest;
 pub mod host;
 pub mod initramfs;

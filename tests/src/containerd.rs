@@ -1,0 +1,142 @@
+//! A private containerd daemon for integration tests (Debian's containerd
+//! 1.6, no systemd): its own configuration, root, state and sockets in a
+//! temporary directory, its own namespace, and the busybox image imported
+//! from a locally built OCI archive. Driven with `ctr`.
+//!
+//! What containerd still puts outside the directory: the runc shim's state
+//! under `/run/containerd/runc/<namespace>` and shim sockets under
+//! `/run/containerd/s/`; the namespace is unique to the test.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::host::TempDir;
+use crate::podman::{IMAGE, busybox_oci_archive};
+
+/// A running private containerd; stopped (tasks and containers of its
+/// namespace removed first) on drop.
+#[derive(Debug)]
+pub struct Containerd {
+    dir: TempDir,
+    daemon: Child,
+    namespace: String,
+}
+
+impl Containerd {
+    /// Starts containerd with `env` added to its environment (its shims
+    /// and their runtimes inherit it) and imports the busybox image as
+    /// [`IMAGE`]. Panics naming the step that failed.
+    pub fn start(name: &str, env: &[(&str, &Path)]) -> Containerd {
+        let dir = TempDir::new(&format!("containerd-{name}"));
+        for d in ["root", "state", "opt", "image"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let config = format!(
+            "version = 2\n\
+             root = \"{root}\"\n\
+             state = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n\
+             [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = dir.join("containerd.sock").display(),
+            opt = dir.join("opt").display(),
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let daemon = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start containerd (apt-get install containerd): {e}"));
+        let namespace = format!("husk-test-{}-{name}", std::process::id());
+        let c = Containerd {
+            dir,
+            daemon,
+            namespace,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let archive = busybox_oci_archive(&c.dir.join("image"));
+        let out = c.ctr(&["image", "import", archive.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "ctr image import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(c.dir.join("image"));
+        c
+    }
+
+    /// A `ctr` command against this daemon and namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `ctr ARGS`; returns its output.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run ctr")
+    }
+
+    /// The namespace the tests use.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The image's name.
+    pub fn image(&self) -> &str {
+        IMAGE
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let out = self.ctr(&["task", "list", "--quiet"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+            let _ = self.ctr(&["task", "delete", "--force", id]);
+        }
+        let out = self.ctr(&["container", "list", "--quiet"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.ctr(&["container", "delete", id]);
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // Snapshot mounts left by a failed test, deepest first.
+        let prefix = format!("{}/", self.dir.0.display());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["--lazy", m]).status();
+        }
+    }
+}
