@@ -56,9 +56,9 @@ impl Containerd {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let daemon = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start containerd (apt-get install containerd): {e}"));
+        let daemon = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start containerd (apt-get install containerd): {e}")
+        });
         let namespace = format!("husk-test-{}-{name}", std::process::id());
         let c = Containerd {
             dir,

@@ -14,17 +14,54 @@ fn containerds_runc_shim_drives_husk() {
     let husk = husk.to_str().unwrap();
     let image = c.image().to_string();
 
-    let out = c.ctr(&["run", "--rm", "--runc-binary", husk, &image, "r1", "echo", "hello"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        husk,
+        &image,
+        "r1",
+        "echo",
+        "hello",
+    ]);
     assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
-    let out = c.ctr(&["run", "--rm", "--runc-binary", husk, &image, "r2", "sh", "-c", "echo oops >&2; exit 5"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        husk,
+        &image,
+        "r2",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 5",
+    ]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "oops\n");
 
     // Detached, exec, kill, delete.
-    let out = c.ctr(&["run", "-d", "--runc-binary", husk, &image, "d1", "sleep", "1000"]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runc-binary",
+        husk,
+        &image,
+        "d1",
+        "sleep",
+        "1000",
+    ]);
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "d1", "sh", "-c", "echo in $(cat /proc/1/comm); exit 3"]);
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "d1",
+        "sh",
+        "-c",
+        "echo in $(cat /proc/1/comm); exit 3",
+    ]);
     assert_eq!(text(&out.stdout), "in sleep\n", "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(3));
     let out = c.ctr(&["task", "kill", "--signal", "SIGKILL", "d1"]);
@@ -32,10 +69,16 @@ fn containerds_runc_shim_drives_husk() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let ls = text(&c.ctr(&["task", "ls"]).stdout);
-        if ls.lines().any(|l| l.starts_with("d1 ") && l.contains("STOPPED")) {
+        if ls
+            .lines()
+            .any(|l| l.starts_with("d1 ") && l.contains("STOPPED"))
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "d1 never stopped: {ls}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "d1 never stopped: {ls}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(c.ctr(&["task", "delete", "d1"]).status.success());
@@ -50,7 +93,15 @@ fn containerds_runc_shim_drives_husk() {
         .map(|e| e.file_name())
         .filter(|n| n != ".vm")
         .collect();
-    assert!(left.is_empty(), "state left in {}: {left:?}", root.display());
-    assert!(processes_mentioning(&root).is_empty(), "{:?}", processes_mentioning(&root));
+    assert!(
+        left.is_empty(),
+        "state left in {}: {left:?}",
+        root.display()
+    );
+    assert!(
+        processes_mentioning(&root).is_empty(),
+        "{:?}",
+        processes_mentioning(&root)
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
