@@ -331,3 +331,81 @@ fn hooks_run_at_their_points_with_the_state_on_stdin() {
         processes_mentioning(&h.root)
     );
 }
+
+#[test]
+fn terminal_through_the_console_socket_and_update_and_events() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let h = Husk::new("cli-tty");
+    let b = h.bundle(
+        "b",
+        &[
+            "/bin/sh",
+            "-c",
+            "tty; stty size; read line; echo got $line; exec sleep 1000",
+        ],
+        serde_json::json!({"process": {"terminal": true}}),
+    );
+    // Without a console socket, a terminal process is refused.
+    let out = h.create(&b, "t0", &[]);
+    assert!(
+        text(&out.stderr).contains("no --console-socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!h.root.join("t0").exists());
+
+    let sock = h.dir.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || integration_tests::cli::receive_fd(&listener));
+    let out = h.create(&b, "t1", &["--console-socket", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let mut master = receiver.join().unwrap();
+    // A window size before the process starts reaches the guest's tty.
+    let ws = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on the pty master.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(h.run(&["start", "t1"]).status.success());
+    master.write_all(b"typed\n").unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("got typed") {
+        let n = master.read(&mut buf).expect("read the pty master");
+        assert!(n > 0, "terminal closed: {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("/dev/pts/"), "{seen:?}");
+    assert!(seen.contains("30 100\r\n"), "{seen:?}");
+
+    // update sets the container's cgroup limits; events --stats shows them.
+    let out = h.run(&["update", "--memory", "67108864", "--pids-limit", "50", "t1"]);
+    assert!(out.status.success(), "update: {}", text(&out.stderr));
+    let out = h.run(&["events", "--stats", "t1"]);
+    let ev: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stderr)));
+    assert_eq!(ev["type"], "stats");
+    assert_eq!(ev["data"]["memory_limit"], 67108864, "{ev}");
+    assert_eq!(ev["data"]["pids_limit"], 50, "{ev}");
+    let out = h.run(&["update", "--memory", "-5", "t1"]);
+    assert!(!out.status.success() && !out.stderr.is_empty());
+    let bad = h.dir.join("bad-resources.json");
+    std::fs::write(&bad, "{\"memory\": {\"limit\": \"lots\"}}").unwrap();
+    let out = h.run(&["update", "--resources", bad.to_str().unwrap(), "t1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // --preserve-fds cannot cross into a VM: said, not ignored.
+    let out = h.run(&["exec", "--preserve-fds", "1", "t1", "/bin/true"]);
+    assert!(
+        text(&out.stderr).contains("not implemented: --preserve-fds"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(h.run(&["delete", "--force", "t1"]).status.success());
+    assert!(processes_mentioning(&h.root).is_empty());
+}

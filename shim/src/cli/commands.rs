@@ -7,7 +7,7 @@ use liboci_cli::{CommonCmd, Create, Delete, Kill, StandardCmd};
 use protocol::{Call, Reply};
 
 use super::CliError;
-use super::exec::{exec, spawn_monitor, status_of, write_pid_file};
+use super::exec::{check_preserve_fds, exec, spawn_monitor, status_of, write_pid_file};
 use crate::agent::AgentClient;
 use crate::runtime::hooks::{self, HookKind};
 use crate::runtime::state::{ContainerState, StateError, Status, Store, start_time};
@@ -228,6 +228,7 @@ pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
 /// Creates the container: claims the ID, starts its monitor and waits
 /// until the container exists in the VM. A failure leaves nothing behind.
 fn create(store: &Store, args: &Create) -> Result<std::process::Child, CliError> {
+    check_preserve_fds(args.preserve_fds)?;
     store.claim(&args.container_id)?;
     let mut margs: Vec<OsString> = vec!["--bundle".into(), args.bundle.clone().into()];
     if let Some(s) = &args.console_socket {

@@ -60,6 +60,18 @@ pub fn spawn_monitor(store: &Store, args: Vec<OsString>) -> Result<Child, CliErr
     ))
 }
 
+/// `--preserve-fds`: host descriptors cannot cross into the VM.
+pub fn check_preserve_fds(n: i32) -> Result<(), CliError> {
+    if n == 0 {
+        Ok(())
+    } else {
+        Err(CliError(
+            "not implemented: --preserve-fds (host descriptors cannot be passed into the VM)"
+                .into(),
+        ))
+    }
+}
+
 /// Writes `pid` to the caller's pid file (atomically, as runc does).
 pub fn write_pid_file(path: Option<&Path>, pid: u32) -> Result<(), CliError> {
     let Some(path) = path else { return Ok(()) };
@@ -124,6 +136,7 @@ fn exec_process(store: &Store, args: &Exec) -> Result<Value, CliError> {
 
 /// `husk exec`.
 pub fn exec(store: &Store, args: Exec) -> Result<i32, CliError> {
+    check_preserve_fds(args.preserve_fds)?;
     let state = store.load(&args.container_id)?;
     let status = state.live_status();
     if status != Status::Running {
