@@ -229,10 +229,17 @@ fn main() {
         c.args(["--runtime", "runc", "run", "--rm", &image, "echo", "hello"]);
         c
     });
+    let podman_crun = time_runs(runs, |_| {
+        let mut c = p.command();
+        c.args(["--runtime", "crun", "run", "--rm", &image, "echo", "hello"]);
+        c
+    });
     let a = report("podman run (husk)", &podman_husk);
-    let r = report("podman run (runc)", &podman_runc);
-    if let (Some(a), Some(r)) = (a, r) {
-        println!("ratio podman husk/runc: {:.1}x", a / r);
+    for (name, r) in [("runc", &podman_runc), ("crun", &podman_crun)] {
+        let m = report(&format!("podman run ({name})"), r);
+        if let (Some(a), Some(m)) = (a, m) {
+            println!("ratio podman husk/{name}: {:.1}x", a / m);
+        }
     }
     drop(p);
 

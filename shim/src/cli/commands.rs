@@ -373,17 +373,19 @@ fn force_delete(store: &Store, id: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Kills a container's monitor (its VM dies with it) and waits until it
-/// is gone.
+/// Kills a container's monitor and waits until it and the VM's processes
+/// (which die with it) are gone.
 fn stop_monitor(state: &ContainerState) {
-    if !state.monitor_alive() {
-        return;
-    }
-    // SAFETY: kill(2) on the PID the state names, checked against its
-    // start time just above.
-    unsafe { libc::kill(state.pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while start_time(state.pid) == Some(state.pid_start) && Instant::now() < deadline {
+    if state.monitor_alive() {
+        // SAFETY: kill(2) on the PID the state names, checked against its
+        // start time just above.
+        unsafe { libc::kill(state.pid, libc::SIGKILL) };
+    }
+    let alive = |&(pid, start): &(i32, u64)| start_time(pid) == Some(start);
+    let mut all = vec![(state.pid, state.pid_start)];
+    all.extend(state.vm_processes.iter().copied());
+    while all.iter().any(alive) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -237,6 +237,15 @@ impl Vm {
         self.vmm.as_ref().map(Child::id)
     }
 
+    /// PIDs of every process of the VM (VMM and helpers).
+    pub fn pids(&self) -> Vec<u32> {
+        self.vmm
+            .iter()
+            .chain(self.helpers.iter())
+            .map(Child::id)
+            .collect()
+    }
+
     /// Waits (at most `limit`) for the VMM to exit; true if it did.
     pub fn wait_exit(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;

@@ -51,15 +51,7 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     let mem = spec.memory_mib;
     let mut cmd = Command::new(qemu);
     super::die_with_parent(&mut cmd);
-    // TCG's translation cache defaults to 1 GiB and grows with the code a
-    // guest runs; a container's guest fits in much less.
-    let accel_opt = if accel == "tcg" {
-        "tcg,tb-size=32".to_string()
-    } else {
-        accel.to_string()
-    };
-    cmd.args(["-M", "microvm,acpi=off,memory-backend=mem", "-accel"])
-        .arg(&accel_opt)
+    cmd.args(["-M", "microvm,acpi=off,memory-backend=mem", "-accel", accel])
         .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
         .arg("-m")
         .arg(format!("{mem}M"))

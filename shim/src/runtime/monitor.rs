@@ -237,6 +237,14 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         },
     )?;
     let t_spawned = t0.elapsed();
+    let vm_processes: Vec<(i32, u64)> = vm
+        .pids()
+        .into_iter()
+        .filter_map(|p| {
+            let p = p as i32;
+            start_time(p).map(|t| (p, t))
+        })
+        .collect();
     let vsock = vm.vsock_path().to_path_buf();
     let mut client = AgentClient::connect_when_ready(&vsock, BOOT_LIMIT)?;
     let t_ready = t0.elapsed();
@@ -286,6 +294,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         hooks,
+        vm_processes,
     };
     if log::debug_enabled() {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;

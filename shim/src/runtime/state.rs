@@ -104,6 +104,10 @@ pub struct ContainerState {
     /// `create`.
     #[serde(default)]
     pub hooks: serde_json::Value,
+    /// The VM's processes as (PID, start time): they die with the monitor
+    /// (`PR_SET_PDEATHSIG`), and `delete` waits until they have.
+    #[serde(default)]
+    pub vm_processes: Vec<(i32, u64)>,
 }
 
 /// The state directory of containers.
@@ -364,6 +368,7 @@ mod tests {
             vsock: "/v".into(),
             created: 0,
             hooks: serde_json::Value::Null,
+            vm_processes: Vec::new(),
         };
         store.save(&s).unwrap();
         assert_eq!(store.load("c1").unwrap(), s);

@@ -182,7 +182,10 @@ impl Block {
     }
 
     fn execute(&mut self, req: &Request, mem: &GuestMemoryMmap) -> (u8, u32) {
-        let mut offset = req.sector * SECTOR_SIZE;
+        // Parsing bounds the sectors of reads and writes by the capacity;
+        // other requests ignore the field, which holds whatever the guest
+        // wrote (so no overflow on it).
+        let mut offset = req.sector.saturating_mul(SECTOR_SIZE);
         match req.kind {
             RequestType::In => {
                 let mut written = 0u32;
