@@ -36,6 +36,13 @@ pub enum AgentError {
         /// What came back.
         answer: String,
     },
+    /// Nothing answered the `CONNECT` handshake (the VM's vsock device
+    /// stalled, or the guest hangs).
+    #[error("vsock port {port}: no answer to CONNECT")]
+    NoAnswer {
+        /// Guest port.
+        port: u32,
+    },
     /// Reading or writing the connection failed.
     #[error("agent connection: {0}")]
     Io(#[from] std::io::Error),
@@ -64,41 +71,105 @@ pub enum AgentError {
     NotReady(Duration),
 }
 
+/// How long one `CONNECT` handshake may take before it is tried again on a
+/// fresh socket: vhost-device-vsock (the QEMU backend's vsock) now and then
+/// loses a connection request under load, and a guest that listens answers
+/// within milliseconds.
+const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(3);
+
+/// How long a booted guest's vsock may leave a handshake unanswered before
+/// the VM counts as stalled (the guest kernel answers a `CONNECT` as soon
+/// as the agent listens; before that it refuses at once).
+const BOOT_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Opens a connection to guest vsock `port` through the hybrid socket
-/// `hybrid` (`CONNECT <port>\n`, answered `OK <host port>\n`).
+/// `hybrid` (`CONNECT <port>\n`, answered `OK <host port>\n`), trying the
+/// handshake again until `timeout` has passed if an attempt gets no answer.
 pub fn connect_vsock(
     hybrid: &Path,
     port: u32,
     timeout: Duration,
 ) -> Result<UnixStream, AgentError> {
-    let mut s = UnixStream::connect(hybrid).map_err(|source| AgentError::Connect {
-        path: hybrid.to_path_buf(),
-        source,
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = HANDSHAKE_ATTEMPT.min(timeout);
+        match handshake(hybrid, port, attempt) {
+            Ok(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                return Ok(s);
+            }
+            Err(Unanswered(e)) if Instant::now() + attempt <= deadline => {
+                log_lost_handshake(port);
+                drop(e);
+            }
+            Err(Unanswered(e)) | Err(Refused(e)) => return Err(e),
+        }
+    }
+}
+
+/// How a handshake failed: no answer at all (worth another try), or an
+/// error or refusal.
+enum HandshakeError {
+    Unanswered(AgentError),
+    Refused(AgentError),
+}
+use HandshakeError::{Refused, Unanswered};
+
+fn handshake(hybrid: &Path, port: u32, wait: Duration) -> Result<UnixStream, HandshakeError> {
+    let mut s = UnixStream::connect(hybrid).map_err(|source| {
+        Refused(AgentError::Connect {
+            path: hybrid.to_path_buf(),
+            source,
+        })
     })?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let io = |e: std::io::Error| Refused(AgentError::from(e));
+    s.set_read_timeout(Some(wait)).map_err(io)?;
+    s.set_write_timeout(Some(wait)).map_err(io)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(io)?;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
+    let failed = |line: &[u8]| AgentError::Handshake {
+        port,
+        answer: String::from_utf8_lossy(line).into_owned(),
+    };
     loop {
         match s.read(&mut b) {
             Ok(1) if b[0] == b'\n' => break,
             Ok(1) if line.len() < 64 => line.push(b[0]),
-            Ok(_) | Err(_) => {
-                return Err(AgentError::Handshake {
-                    port,
-                    answer: String::from_utf8_lossy(&line).into_owned(),
-                });
+            Err(e)
+                if line.is_empty()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Err(Unanswered(AgentError::NoAnswer { port }));
             }
+            Ok(_) | Err(_) => return Err(Refused(failed(&line))),
         }
     }
     if !line.starts_with(b"OK ") {
-        return Err(AgentError::Handshake {
-            port,
-            answer: String::from_utf8_lossy(&line).into_owned(),
-        });
+        return Err(Refused(failed(&line)));
     }
     Ok(s)
+}
+
+/// Notes a lost handshake in the debug log (never on stderr, which may be
+/// a container's), at most once a second per process.
+fn log_lost_handshake(port: u32) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        *last = Some(Instant::now());
+        crate::runtime::log::debug(
+            "no answer to a vsock CONNECT, trying again",
+            serde_json::json!({ "port": port }),
+        );
+    }
 }
 
 /// A control connection to the agent.
@@ -148,7 +219,13 @@ fn waits(call: &Call) -> bool {
 impl AgentClient {
     /// Connects to the agent and checks its protocol version.
     pub fn connect(hybrid: &Path) -> Result<AgentClient, AgentError> {
-        let stream = connect_vsock(hybrid, protocol::AGENT_CONTROL_PORT, CALL_TIMEOUT)?;
+        Self::connect_with(hybrid, CALL_TIMEOUT)
+    }
+
+    /// As [`AgentClient::connect`], giving the handshake `handshake` to be
+    /// answered.
+    fn connect_with(hybrid: &Path, handshake: Duration) -> Result<AgentClient, AgentError> {
+        let stream = connect_vsock(hybrid, protocol::AGENT_CONTROL_PORT, handshake)?;
         let mut c = AgentClient {
             stream,
             next_id: 1,
@@ -169,9 +246,13 @@ impl AgentClient {
     pub fn connect_when_ready(hybrid: &Path, limit: Duration) -> Result<AgentClient, AgentError> {
         let deadline = Instant::now() + limit;
         loop {
-            match Self::connect(hybrid) {
+            match Self::connect_with(hybrid, BOOT_HANDSHAKE) {
                 Ok(c) => return Ok(c),
-                Err(e @ AgentError::Version { .. }) => return Err(e),
+                // A guest that boots refuses connections until the agent
+                // listens; one that never answers will not start to.
+                Err(e @ (AgentError::Version { .. } | AgentError::NoAnswer { .. })) => {
+                    return Err(e);
+                }
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }

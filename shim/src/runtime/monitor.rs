@@ -220,23 +220,19 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     }
     std::fs::create_dir_all(&vm_dir)
         .map_err(|e| MonitorError::Other(format!("{}: {e}", vm_dir.display())))?;
-    let vm = Vm::boot(
-        size.hypervisor.resolve(),
-        &vm_dir,
-        &VmSpec {
-            kernel: cfg.kernel.clone(),
-            initrd: cfg.initramfs.clone(),
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-            drives: vec![Drive {
-                id: "rootfs".into(),
-                path: image.path.clone(),
-                read_only: true,
-            }],
-            extra_cmdline: String::new(),
-        },
-    )?;
-    let t_spawned = t0.elapsed();
+    let vm_spec = VmSpec {
+        kernel: cfg.kernel.clone(),
+        initrd: cfg.initramfs.clone(),
+        vcpus: size.vcpus,
+        memory_mib: size.memory_mib,
+        drives: vec![Drive {
+            id: "rootfs".into(),
+            path: image.path.clone(),
+            read_only: true,
+        }],
+        extra_cmdline: String::new(),
+    };
+    let (vm, mut client, t_spawned) = boot_vm(size.hypervisor.resolve(), &vm_dir, &vm_spec, t0)?;
     let vm_processes: Vec<(i32, u64)> = vm
         .pids()
         .into_iter()
@@ -246,7 +242,6 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         })
         .collect();
     let vsock = vm.vsock_path().to_path_buf();
-    let mut client = AgentClient::connect_when_ready(&vsock, BOOT_LIMIT)?;
     let t_ready = t0.elapsed();
     // The guest's own clock: kernel start → agent serving.
     let guest_boot_ms = if log::debug_enabled() {
@@ -315,6 +310,49 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     hooks::run(&state.hooks, HookKind::CreateContainer, &creating)?;
     args.store.save(&state)?;
     Ok(running)
+}
+
+/// Boots the VM and connects to its agent. A VM whose vsock device never
+/// answers (seen now and then with vhost-device-vsock under load) is
+/// replaced by a fresh one, once. Returns the VM, the client and when the
+/// VM was spawned.
+fn boot_vm(
+    backend: crate::hypervisor::Backend,
+    dir: &Path,
+    spec: &VmSpec,
+    t0: std::time::Instant,
+) -> Result<(Vm, AgentClient, Duration), MonitorError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut vm = Vm::boot(backend, dir, spec)?;
+        let spawned = t0.elapsed();
+        match AgentClient::connect_when_ready(vm.vsock_path(), BOOT_LIMIT) {
+            Ok(c) => return Ok((vm, c, spawned)),
+            Err(AgentError::NoAnswer { port }) if attempt == 1 => {
+                log::debug(
+                    "the VM's vsock never answered: booting a new VM",
+                    serde_json::json!({ "port": port }),
+                );
+                vm.kill();
+                // The old sockets must not pass for the new VM's.
+                let _ = std::fs::remove_dir_all(dir);
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| MonitorError::Other(format!("{}: {e}", dir.display())))?;
+            }
+            Err(e) => {
+                // What the guest said last tells why it never served.
+                let console = std::fs::read_to_string(vm.console_path()).unwrap_or_default();
+                let last = console
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("(nothing)");
+                let last: String = last.trim().chars().take(200).collect();
+                return Err(MonitorError::Other(format!("{e}; guest console: {last}")));
+            }
+        }
+    }
 }
 
 fn prepare_exec(args: &MonitorArgs, process_file: &Path) -> Result<Running, MonitorError> {
