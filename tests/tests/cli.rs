@@ -409,3 +409,52 @@ fn terminal_through_the_console_socket_and_update_and_events() {
     assert!(h.run(&["delete", "--force", "t1"]).status.success());
     assert!(processes_mentioning(&h.root).is_empty());
 }
+
+#[test]
+fn the_vm_is_sized_from_the_spec_and_annotations() {
+    let h = Husk::new("cli-size");
+    let report = "echo $(nproc) $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)";
+    let sized = |name: &str, extra: serde_json::Value| -> (u32, u32) {
+        let b = h.bundle(name, &["/bin/sh", "-c", report], extra);
+        let out = h.run(&["run", "--bundle", b.to_str().unwrap(), name]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let t = text(&out.stdout);
+        let mut it = t.split_whitespace().map(|v| v.parse::<u32>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    // Defaults: 1 vCPU, 256 MiB (the kernel keeps some for itself).
+    let (cpus, mem) = sized("default", serde_json::json!({}));
+    assert_eq!(cpus, 1);
+    assert!((200..=256).contains(&mem), "{mem}");
+    // A cpu quota of 1.5 CPUs and a 512 MiB limit: 2 vCPUs, 512 + 64 MiB.
+    let (cpus, mem) = sized(
+        "limits",
+        serde_json::json!({"linux": {"resources": {
+            "cpu": {"quota": 150000, "period": 100000},
+            "memory": {"limit": 536870912}
+        }}}),
+    );
+    assert_eq!(cpus, 2);
+    assert!((500..=576).contains(&mem), "{mem}");
+    // Annotations win.
+    let (cpus, mem) = sized(
+        "annotated",
+        serde_json::json!({"annotations": {"io.husk.vcpus": "3", "io.husk.memory_mib": "384"}}),
+    );
+    assert_eq!(cpus, 3);
+    assert!((330..=384).contains(&mem), "{mem}");
+    // A bad annotation names itself.
+    let b = h.bundle(
+        "bad",
+        &["/bin/true"],
+        serde_json::json!({"annotations": {"io.husk.vcpus": "lots"}}),
+    );
+    let out = h.run(&["run", "--bundle", b.to_str().unwrap(), "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("io.husk.vcpus"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!h.root.join("bad").exists());
+}
