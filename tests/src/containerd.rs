@@ -126,17 +126,7 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        // Snapshot mounts left by a failed test, deepest first.
-        let prefix = format!("{}/", self.dir.0.display());
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["--lazy", m]).status();
-        }
+        // What it left mounted (overlays, snapshots).
+        crate::host::unmount_below(&self.dir.0);
     }
 }

@@ -1,7 +1,7 @@
 //! What kind of host the tests run on. A missing or unusable /dev/kvm is a
 //! test failure, never a skip.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The flavour of KVM on this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,5 +93,24 @@ impl Drop for TempDir {
             return;
         }
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lazily unmounts every mount point below `dir` (what a container engine
+/// left mounted there), deepest first.
+pub fn unmount_below(dir: &Path) {
+    let prefix = format!("{}/", dir.display());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = std::process::Command::new("umount")
+            .args(["--lazy", m])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }

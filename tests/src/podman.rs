@@ -139,21 +139,8 @@ impl Drop for Podman {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        // What podman leaves mounted (its overlay home), deepest first.
-        let prefix = format!("{}/", self.dir.0.display());
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount")
-                .args(["--lazy", m])
-                .stderr(Stdio::null())
-                .status();
-        }
+        // What it left mounted (overlays, snapshots).
+        crate::host::unmount_below(&self.dir.0);
     }
 }
 

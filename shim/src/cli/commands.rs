@@ -139,48 +139,20 @@ pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
                 )?,
                 None => serde_json::json!({}),
             };
-            let set =
-                |r: &mut serde_json::Value, a: &str, b: &str, v: Option<serde_json::Value>| {
-                    if let Some(v) = v {
-                        r[a][b] = v;
-                    }
-                };
-            set(
-                &mut resources,
-                "memory",
-                "limit",
-                args.memory.map(Into::into),
-            );
-            set(
-                &mut resources,
-                "memory",
-                "swap",
-                args.memory_swap.map(Into::into),
-            );
-            set(
-                &mut resources,
-                "cpu",
-                "quota",
-                args.cpu_quota.map(Into::into),
-            );
-            set(
-                &mut resources,
-                "cpu",
-                "period",
-                args.cpu_period.map(Into::into),
-            );
-            set(
-                &mut resources,
-                "cpu",
-                "shares",
-                args.cpu_share.map(Into::into),
-            );
-            set(
-                &mut resources,
-                "pids",
-                "limit",
-                args.pids_limit.map(Into::into),
-            );
+            // The flags override the file's values.
+            let flags: [(&str, &str, Option<serde_json::Value>); 6] = [
+                ("memory", "limit", args.memory.map(Into::into)),
+                ("memory", "swap", args.memory_swap.map(Into::into)),
+                ("cpu", "quota", args.cpu_quota.map(Into::into)),
+                ("cpu", "period", args.cpu_period.map(Into::into)),
+                ("cpu", "shares", args.cpu_share.map(Into::into)),
+                ("pids", "limit", args.pids_limit.map(Into::into)),
+            ];
+            for (group, key, value) in flags {
+                if let Some(v) = value {
+                    resources[group][key] = v;
+                }
+            }
             let (_, mut c) = connect(store, &args.container_id)?;
             c.call_empty(Call::UpdateResources {
                 id: args.container_id.clone(),
