@@ -250,6 +250,7 @@ fn bad_input_fails_cleanly() {
     let spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(spec["process"]["args"][0], "sh");
+    assert_eq!(spec["hostname"], "husk");
     assert!(
         !h.run(&["spec", "--bundle", dir.to_str().unwrap()])
             .status

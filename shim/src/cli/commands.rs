@@ -182,13 +182,14 @@ pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
             if path.exists() {
                 return Err(CliError(format!("{}: already exists", path.display())));
             }
-            let spec = if args.rootless {
+            let mut spec = if args.rootless {
                 // SAFETY: getuid/getgid cannot fail.
                 let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
                 oci_spec::runtime::Spec::rootless(uid, gid)
             } else {
                 oci_spec::runtime::Spec::default()
             };
+            spec.set_hostname(Some("husk".into()));
             std::fs::write(&path, serde_json::to_string_pretty(&spec)?)
                 .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
             Ok(0)
