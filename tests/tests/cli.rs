@@ -459,3 +459,66 @@ fn the_vm_is_sized_from_the_spec_and_annotations() {
     );
     assert!(!h.root.join("bad").exists());
 }
+
+#[test]
+fn foreground_run_of_a_terminal_process_uses_the_callers_terminal() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let h = Husk::new("cli-fgtty");
+    let b = h.bundle(
+        "b",
+        &["/bin/sh"],
+        serde_json::json!({"process": {"terminal": true}}),
+    );
+    // The caller's terminal: a pty whose slave is husk's stdin and stdout.
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty(3) fills two descriptors; the winsize outlives it.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(r, 0);
+    // SAFETY: both descriptors were just opened and are owned here.
+    let (mut master, slave) =
+        unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) };
+    let mut child = h
+        .command(&["run", "--bundle", b.to_str().unwrap(), "fg"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(slave);
+    master
+        .write_all(b"stty size; echo in-$((40+2)); exit 3\n")
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("in-42") {
+        match master.read(&mut buf) {
+            Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => break,
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(seen.contains("in-42"), "{seen:?} {err}");
+    assert!(seen.contains("24 80"), "{seen:?}");
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(h.state("fg").is_none());
+    assert!(
+        std::fs::read_dir(&h.root)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".console"))
+    );
+}

@@ -7,6 +7,7 @@ use liboci_cli::{CommonCmd, Create, Delete, Kill, StandardCmd};
 use protocol::{Call, Reply};
 
 use super::CliError;
+use super::console::OwnConsole;
 use super::exec::{check_preserve_fds, exec, spawn_monitor, status_of, write_pid_file};
 use crate::agent::AgentClient;
 use crate::runtime::hooks::{self, HookKind};
@@ -37,9 +38,20 @@ pub fn standard(store: &Store, cmd: StandardCmd) -> Result<i32, CliError> {
 pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
     match cmd {
         CommonCmd::Run(args) => {
+            // A terminal process in the foreground without a console
+            // socket uses this process's terminal, as with runc.
+            let mut own =
+                if !args.detach && args.console_socket.is_none() && wants_terminal(&args.bundle) {
+                    Some(OwnConsole::listen(store.root())?)
+                } else {
+                    None
+                };
             let create_args = Create {
                 bundle: args.bundle.clone(),
-                console_socket: args.console_socket.clone(),
+                console_socket: own
+                    .as_ref()
+                    .map(|o| o.path().to_path_buf())
+                    .or_else(|| args.console_socket.clone()),
                 pid_file: args.pid_file.clone(),
                 no_pivot: args.no_pivot,
                 no_new_keyring: args.no_new_keyring,
@@ -47,6 +59,13 @@ pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
                 container_id: args.container_id.clone(),
             };
             let mut monitor = create(store, &create_args)?;
+            let relay = match own.as_mut().map(OwnConsole::attach).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = force_delete(store, &args.container_id);
+                    return Err(e);
+                }
+            };
             if let Err(e) = start(store, &args.container_id) {
                 let _ = force_delete(store, &args.container_id);
                 return Err(e);
@@ -55,6 +74,9 @@ pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
                 return Ok(0);
             }
             let status = status_of(&mut monitor);
+            if let Some(r) = relay {
+                r.finish();
+            }
             if !args.keep {
                 let _ = force_delete(store, &args.container_id);
             }
@@ -196,6 +218,15 @@ pub fn common(store: &Store, cmd: CommonCmd) -> Result<i32, CliError> {
         }
         CommonCmd::Checkpointt(_) => Err(CliError("not implemented: checkpoint".into())),
     }
+}
+
+/// Whether the bundle's process asks for a terminal (errors in the bundle
+/// are for `create` to report).
+fn wants_terminal(bundle: &std::path::Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .is_some_and(|s| s["process"]["terminal"].as_bool() == Some(true))
 }
 
 /// Creates the container: claims the ID, starts its monitor and waits

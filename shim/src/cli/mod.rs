@@ -2,6 +2,7 @@
 //! `liboci-cli`), error reporting, and dispatch to the commands.
 
 mod commands;
+mod console;
 mod exec;
 
 use std::path::PathBuf;
