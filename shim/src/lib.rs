@@ -4,15 +4,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod containerd;
 pub mod hypervisor;
 pub mod rootfs;
 pub mod runtime;
-
-/// The one-line error both front ends print until the container runtime exists.
-pub fn not_implemented(front_end: &str) -> String {
-    format!(
-        "{front_end}: not implemented: the OCI lifecycle over the agent \
-         (protocol version {})",
-        protocol::PROTOCOL_VERSION
-    )
-}

@@ -107,6 +107,11 @@ impl Containerd {
         &self.namespace
     }
 
+    /// Its scratch directory (config, root, state, sockets).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
     /// The image's name.
     pub fn image(&self) -> &str {
         IMAGE

@@ -13,4 +13,5 @@ pub mod linux;
 pub mod netns;
 pub mod pod;
 pub mod podman;
+pub mod shim;
 pub mod vmm;

@@ -2,6 +2,7 @@
 //! later, the containerd shim): configuration, bundles, the state store,
 //! and the monitor process that owns a container's VM.
 
+pub mod boot;
 pub mod bundle;
 pub mod config;
 pub mod hooks;

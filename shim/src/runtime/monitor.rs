@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use protocol::{Call, ExitInfo, SandboxConfig, StdioStream, Storage, StorageSource};
 
+use super::boot::{BootError, Booted, boot_vm, check_file, make_vm_dir};
 use super::bundle::{Bundle, BundleError, guest_mounts};
 use super::config::{ConfigError, HuskConfig, sizing};
 use super::hooks::{self, HookError, HookKind};
@@ -27,9 +28,6 @@ use crate::rootfs::{RootfsError, build_image};
 
 /// The descriptor the readiness pipe arrives on.
 pub const READY_FD: i32 = 3;
-
-/// How long a booting guest may take to answer.
-const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
 /// Errors before the process runs.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +56,9 @@ pub enum MonitorError {
     /// A `createRuntime` or `createContainer` hook.
     #[error(transparent)]
     Hook(#[from] HookError),
-    /// A file the configuration names is missing.
-    #[error(
-        "{what} {path}: not found (set `{what}` in the husk config file, /etc/husk/config.toml or $HUSK_CONFIG)"
-    )]
-    Missing {
-        /// `kernel` or `initramfs`.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-    },
+    /// Booting the VM.
+    #[error(transparent)]
+    Boot(#[from] BootError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -165,17 +156,6 @@ fn block_forwarded_signals() {
     let _ = forwarded_set().thread_block();
 }
 
-fn check_file(what: &'static str, path: &Path) -> Result<(), MonitorError> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(MonitorError::Missing {
-            what,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
 fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, MonitorError> {
     let id = &args.id;
     let t0 = std::time::Instant::now();
@@ -210,16 +190,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     )?;
     let t_image = t0.elapsed();
     let vm_dir = args.store.vm_dir(id);
-    // sun_path holds 108 bytes; the longest socket name is `vsock.sock`
-    // plus a port suffix.
-    if vm_dir.as_os_str().len() > 80 {
-        return Err(MonitorError::Other(format!(
-            "runtime root {}: too long for the VM's Unix sockets",
-            args.store.root().display()
-        )));
-    }
-    std::fs::create_dir_all(&vm_dir)
-        .map_err(|e| MonitorError::Other(format!("{}: {e}", vm_dir.display())))?;
+    make_vm_dir(&vm_dir)?;
     let vm_spec = VmSpec {
         kernel: cfg.kernel.clone(),
         initrd: cfg.initramfs.clone(),
@@ -232,7 +203,12 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         }],
         extra_cmdline: String::new(),
     };
-    let (vm, mut client, t_spawned) = boot_vm(size.hypervisor.resolve(), &vm_dir, &vm_spec, t0)?;
+    let Booted {
+        vm,
+        mut client,
+        spawned,
+    } = boot_vm(size.hypervisor.resolve(), &vm_dir, &vm_spec)?;
+    let t_spawned = t_image + spawned;
     let vm_processes: Vec<(i32, u64)> = vm
         .pids()
         .into_iter()
@@ -310,49 +286,6 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     hooks::run(&state.hooks, HookKind::CreateContainer, &creating)?;
     args.store.save(&state)?;
     Ok(running)
-}
-
-/// Boots the VM and connects to its agent. A VM whose vsock device never
-/// answers (seen now and then with vhost-device-vsock under load) is
-/// replaced by a fresh one, once. Returns the VM, the client and when the
-/// VM was spawned.
-fn boot_vm(
-    backend: crate::hypervisor::Backend,
-    dir: &Path,
-    spec: &VmSpec,
-    t0: std::time::Instant,
-) -> Result<(Vm, AgentClient, Duration), MonitorError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut vm = Vm::boot(backend, dir, spec)?;
-        let spawned = t0.elapsed();
-        match AgentClient::connect_when_ready(vm.vsock_path(), BOOT_LIMIT) {
-            Ok(c) => return Ok((vm, c, spawned)),
-            Err(AgentError::NoAnswer { port }) if attempt == 1 => {
-                log::debug(
-                    "the VM's vsock never answered: booting a new VM",
-                    serde_json::json!({ "port": port }),
-                );
-                vm.kill();
-                // The old sockets must not pass for the new VM's.
-                let _ = std::fs::remove_dir_all(dir);
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| MonitorError::Other(format!("{}: {e}", dir.display())))?;
-            }
-            Err(e) => {
-                // What the guest said last tells why it never served.
-                let console = std::fs::read_to_string(vm.console_path()).unwrap_or_default();
-                let last = console
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("(nothing)");
-                let last: String = last.trim().chars().take(200).collect();
-                return Err(MonitorError::Other(format!("{e}; guest console: {last}")));
-            }
-        }
-    }
 }
 
 fn prepare_exec(args: &MonitorArgs, process_file: &Path) -> Result<Running, MonitorError> {

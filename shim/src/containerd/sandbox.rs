@@ -1,0 +1,212 @@
+//! The VM of a task (or of a Kubernetes pod): booted on the shim's
+//! launcher thread so that it dies with the shim, watched for an
+//! unexpected end, and recorded on disk so that `delete` can clean up
+//! after a shim that was killed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hypervisor::Vm;
+use crate::runtime::state::start_time;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A long-lived thread that spawns the VMs: their processes get
+/// `PR_SET_PDEATHSIG` tied to the spawning thread, and the ttrpc server's
+/// threads come and go.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    tx: Sender<Job>,
+}
+
+impl Launcher {
+    /// Starts the thread.
+    pub fn start() -> Launcher {
+        let (tx, rx) = channel::<Job>();
+        let _ = std::thread::Builder::new()
+            .name("vm-launcher".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+                // Keep the VMs alive as long as the process.
+                loop {
+                    std::thread::park();
+                }
+            });
+        Launcher { tx }
+    }
+
+    /// Runs `f` on the launcher thread and returns its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = channel();
+        self.tx
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.recv().ok()
+    }
+}
+
+/// A running VM and the containers in it.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// The hybrid vsock socket of its agent.
+    pub vsock: PathBuf,
+    /// The VMM's PID (the PID containerd sees for its tasks).
+    pub vmm_pid: u32,
+    vm: Mutex<Option<Vm>>,
+    dead: AtomicBool,
+}
+
+impl Sandbox {
+    /// Wraps a booted VM.
+    pub fn new(vm: Vm) -> Arc<Sandbox> {
+        Arc::new(Sandbox {
+            vsock: vm.vsock_path().to_path_buf(),
+            vmm_pid: vm.pid().unwrap_or(0),
+            vm: Mutex::new(Some(vm)),
+            dead: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the VM has ended.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Watches the VM: once its VMM exits, its helpers are stopped (so the
+    /// agent connections end) and `on_death` runs.
+    pub fn watch(self: &Arc<Self>, on_death: impl FnOnce() + Send + 'static) {
+        let me = Arc::clone(self);
+        let _ = std::thread::Builder::new()
+            .name("vm-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let mut vm = me.vm.lock().unwrap_or_else(|e| e.into_inner());
+                    let ended = match vm.as_mut() {
+                        Some(v) => v.wait_exit(Duration::ZERO),
+                        // Shut down on purpose.
+                        None => return,
+                    };
+                    if ended {
+                        vm.take();
+                        drop(vm);
+                        me.dead.store(true, Ordering::SeqCst);
+                        log::warn!("the VM ended unexpectedly");
+                        on_death();
+                        return;
+                    }
+                }
+            });
+    }
+
+    /// Stops the VM.
+    pub fn shut_down(&self) {
+        let vm = self.vm.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut vm) = vm {
+            vm.kill();
+        }
+        self.dead.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What a task left on the host, for `containerd-shim-husk-v2 delete`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// The VM's processes as (PID, start time).
+    #[serde(default)]
+    pub vm_processes: Vec<(i32, u64)>,
+    /// Where the rootfs mounts were mounted.
+    #[serde(default)]
+    pub rootfs_mount: Option<PathBuf>,
+}
+
+/// The record's file in a task directory.
+pub fn record_path(dir: &Path) -> PathBuf {
+    dir.join("record.json")
+}
+
+/// Writes the record.
+pub fn save_record(dir: &Path, record: &Record) -> std::io::Result<()> {
+    let tmp = dir.join("record.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(record)?)?;
+    std::fs::rename(tmp, record_path(dir))
+}
+
+/// Removes what a task left: kills its VM's processes (those still with
+/// the recorded start time), unmounts its rootfs, removes its directory.
+pub fn clean_up(dir: &Path) {
+    let record: Record = std::fs::read(record_path(dir))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default();
+    kill_recorded(&record.vm_processes);
+    if let Some(m) = &record.rootfs_mount {
+        unmount(m);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Kills the recorded processes and waits (a little) until they are gone.
+pub fn kill_recorded(processes: &[(i32, u64)]) {
+    for &(pid, start) in processes {
+        if pid > 0 && start_time(pid) == Some(start) {
+            // SAFETY: kill(2) on a PID whose start time matches the one we
+            // recorded: our own VM process, not a reused PID.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for _ in 0..200 {
+        if processes
+            .iter()
+            .all(|&(pid, start)| start_time(pid) != Some(start))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Unmounts `target` and whatever is mounted below it.
+pub fn unmount(target: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let below = format!("{}/", target.display());
+    let mut points: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|m| Path::new(m) == target || m.starts_with(&below))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    points.dedup();
+    for m in points {
+        // Stacked mounts on one point come off one at a time.
+        while nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,669 @@
+//! The tasks of one shim: creating a container in a new VM, starting,
+//! signalling and deleting its processes, and the threads that wait for
+//! them. Every call returns a [`TaskError`]; a bad answer from the guest
+//! fails that call only.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::topics::{
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC,
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
+    TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+};
+use containerd_shim::protos::types::mount::Mount;
+use containerd_shim::protos::types::task::Status;
+use protocol::{Call, ExitInfo, Reply, SandboxConfig, Storage, StorageSource};
+
+use super::error::TaskError;
+use super::events::Events;
+use super::mount::{MountSpec, mount_one};
+use super::process::{Process, StdioPaths};
+use super::sandbox::{Launcher, Record, Sandbox, clean_up, save_record, unmount};
+use crate::agent::AgentClient;
+use crate::hypervisor::{Drive, VmSpec};
+use crate::rootfs::build_image;
+use crate::runtime::boot::{Booted, boot_vm, check_file, make_vm_dir};
+use crate::runtime::bundle::{Bundle, guest_mounts};
+use crate::runtime::config::{HuskConfig, sizing};
+use crate::runtime::hooks::{self, HookKind};
+use crate::runtime::state::{check_id, start_time};
+
+/// A container and its processes.
+#[derive(Debug)]
+pub struct Container {
+    /// Container ID.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: String,
+    /// Its VM.
+    pub sandbox: Arc<Sandbox>,
+    /// Its own process.
+    pub init: Arc<Process>,
+    /// Exec'd processes by exec ID.
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The host directory of its image and VM.
+    pub dir: PathBuf,
+    /// Where its rootfs mounts are mounted (if containerd passed any).
+    pub rootfs_mount: Option<PathBuf>,
+    /// Its spec's hooks (host programs).
+    pub hooks: serde_json::Value,
+    /// Its OCI state as hooks receive it.
+    pub annotations: HashMap<String, String>,
+}
+
+/// The shared state of the task service.
+#[derive(Debug)]
+pub struct Tasks {
+    /// containerd namespace.
+    pub namespace: String,
+    /// Where task directories live.
+    pub root: PathBuf,
+    /// Event channel.
+    pub events: Events,
+    /// Tells the shim to exit.
+    pub exit: super::ShimExit,
+    launcher: Launcher,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+/// What containerd asked to create.
+#[derive(Debug, Clone)]
+pub struct CreateArgs {
+    /// Container ID.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: String,
+    /// Root file system mounts.
+    pub rootfs: Vec<Mount>,
+    /// stdio.
+    pub stdio: StdioPaths,
+}
+
+/// The task directory of `id` in `namespace` below `root`: short, so the
+/// VM's sockets fit in sun_path whatever the ID's length.
+pub fn task_dir(root: &Path, namespace: &str, id: &str) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace.bytes().chain([b'/']).chain(id.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    root.join(format!("{h:016x}"))
+}
+
+/// Undoes a half-done create when dropped.
+struct Undo {
+    dir: PathBuf,
+    sandbox: Option<Arc<Sandbox>>,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(s) = &self.sandbox {
+                s.shut_down();
+            }
+            clean_up(&self.dir);
+        }
+    }
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::CREATED => "created",
+        Status::RUNNING => "running",
+        Status::STOPPED => "stopped",
+        Status::PAUSED => "paused",
+        Status::PAUSING => "pausing",
+        Status::UNKNOWN => "unknown",
+    }
+}
+
+impl Tasks {
+    /// An empty task table.
+    pub fn new(namespace: String, root: PathBuf, events: Events, exit: super::ShimExit) -> Tasks {
+        Tasks {
+            namespace,
+            root,
+            events,
+            exit,
+            launcher: Launcher::start(),
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The container `id`.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>, TaskError> {
+        self.table()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| TaskError::not_found(format!("task {id}")))
+    }
+
+    /// How many containers the shim serves.
+    pub fn count(&self) -> usize {
+        self.table().len()
+    }
+
+    /// The process `exec_id` (empty: the container's own) of `id`.
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>, TaskError> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&c.init));
+        }
+        c.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| TaskError::not_found(format!("process {exec_id} of task {id}")))
+    }
+
+    /// Creates a container in a new VM.
+    pub fn create(self: &Arc<Self>, args: CreateArgs) -> Result<u32, TaskError> {
+        check_id(&args.id).map_err(|e| TaskError::invalid(e.to_string()))?;
+        if self.table().contains_key(&args.id) {
+            return Err(TaskError::new(
+                containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS,
+                format!("task {}: already exists", args.id),
+            ));
+        }
+        let dir = task_dir(&self.root, &self.namespace, &args.id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TaskError::internal(format!("{}: {e}", dir.display())))?;
+        let mut undo = Undo {
+            dir: dir.clone(),
+            sandbox: None,
+            armed: true,
+        };
+        let mut record = Record::default();
+        let bundle_dir = PathBuf::from(&args.bundle);
+        if !args.rootfs.is_empty() {
+            let target = bundle_dir.join("rootfs");
+            std::fs::create_dir_all(&target)
+                .map_err(|e| TaskError::internal(format!("{}: {e}", target.display())))?;
+            record.rootfs_mount = Some(target.clone());
+            save_record(&dir, &record).map_err(TaskError::internal)?;
+            for m in &args.rootfs {
+                let spec = MountSpec {
+                    fstype: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                };
+                mount_one(&spec, &target)
+                    .map_err(|e| TaskError::internal(format!("rootfs: {e}")))?;
+            }
+        }
+        let bundle = Bundle::load(&bundle_dir).map_err(|e| TaskError::invalid(e.to_string()))?;
+        if bundle
+            .annotations
+            .get("io.kubernetes.cri.container-type")
+            .is_some_and(|t| t == "container")
+        {
+            return Err(TaskError::new(
+                containerd_shim::protos::ttrpc::Code::UNIMPLEMENTED,
+                "not implemented: a second container in a pod's VM",
+            ));
+        }
+        let cfg = HuskConfig::load_default().map_err(|e| TaskError::invalid(e.to_string()))?;
+        check_file("kernel", &cfg.kernel).map_err(TaskError::internal)?;
+        check_file("initramfs", &cfg.initramfs).map_err(TaskError::internal)?;
+        let size = sizing(
+            &cfg,
+            bundle.cpu(),
+            bundle.memory_limit(),
+            &bundle.annotations,
+        )
+        .map_err(|e| TaskError::invalid(e.to_string()))?;
+        let mut spec = bundle.spec.clone();
+        let hooks = spec
+            .as_object_mut()
+            .and_then(|o| o.remove("hooks"))
+            .unwrap_or_default();
+        let files =
+            guest_mounts(&mut spec, &args.id).map_err(|e| TaskError::invalid(e.to_string()))?;
+        let image = build_image(
+            &bundle.rootfs,
+            &dir.join(format!("rootfs.{}", cfg.rootfs_format)),
+            cfg.rootfs_format,
+        )
+        .map_err(|e| TaskError::invalid(e.to_string()))?;
+        let vm_dir = dir.join("vm");
+        make_vm_dir(&vm_dir).map_err(TaskError::internal)?;
+        let vm_spec = VmSpec {
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initramfs.clone(),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            drives: vec![Drive {
+                id: "rootfs".into(),
+                path: image.path.clone(),
+                read_only: true,
+            }],
+            extra_cmdline: String::new(),
+        };
+        let backend = size.hypervisor.resolve();
+        let booted = self
+            .launcher
+            .run(move || boot_vm(backend, &vm_dir, &vm_spec))
+            .ok_or_else(|| TaskError::internal("the VM launcher thread is gone"))?
+            .map_err(|e| TaskError::internal(e).context("boot VM"))?;
+        let Booted { vm, mut client, .. } = booted;
+        record.vm_processes = vm
+            .pids()
+            .into_iter()
+            .filter_map(|p| start_time(p as i32).map(|t| (p as i32, t)))
+            .collect();
+        save_record(&dir, &record).map_err(TaskError::internal)?;
+        let sandbox = Sandbox::new(vm);
+        undo.sandbox = Some(Arc::clone(&sandbox));
+        client.call_empty(Call::CreateSandbox(SandboxConfig {
+            hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
+            ..SandboxConfig::default()
+        }))?;
+        for f in files {
+            client.call_empty(Call::WriteFile {
+                path: f.path,
+                data: f.data,
+                mode: f.mode,
+            })?;
+        }
+        let init = Arc::new(Process::new(
+            &args.id,
+            "",
+            args.stdio.clone(),
+            serde_json::Value::Null,
+            sandbox.vmm_pid,
+        ));
+        let attached = init
+            .attach(&sandbox.vsock, &self.namespace)
+            .map_err(|e| TaskError::invalid(e.to_string()))?;
+        client
+            .call_empty(Call::CreateContainer {
+                id: args.id.clone(),
+                spec,
+                rootfs: Storage {
+                    source: StorageSource::Block {
+                        serial: "rootfs".into(),
+                    },
+                    fstype: image.format.fstype().into(),
+                    overlay: true,
+                },
+            })
+            .map_err(|e| TaskError::from(e).context("create container"))?;
+        let pumps = init
+            .start_pumps(attached, &sandbox.vsock)
+            .map_err(TaskError::internal)?;
+        init.set_pumps(pumps);
+        let container = Arc::new(Container {
+            id: args.id.clone(),
+            bundle: args.bundle.clone(),
+            sandbox: Arc::clone(&sandbox),
+            init: Arc::clone(&init),
+            execs: Mutex::new(HashMap::new()),
+            dir,
+            rootfs_mount: record.rootfs_mount.clone(),
+            hooks,
+            annotations: bundle.annotations.clone(),
+        });
+        let state = container.oci_state("creating");
+        hooks::run(&container.hooks, HookKind::CreateRuntime, &state)
+            .and_then(|()| hooks::run(&container.hooks, HookKind::CreateContainer, &state))
+            .map_err(|e| TaskError::internal(e).context("hook"))?;
+        undo.armed = false;
+        self.table().insert(args.id.clone(), Arc::clone(&container));
+        self.watch(&container);
+        let mut ev = TaskCreate::new();
+        ev.container_id = args.id.clone();
+        ev.bundle = args.bundle;
+        ev.rootfs = args.rootfs;
+        let mut io = TaskIO::new();
+        io.stdin = args.stdio.stdin;
+        io.stdout = args.stdio.stdout;
+        io.stderr = args.stdio.stderr;
+        io.terminal = args.stdio.terminal;
+        ev.io = Some(io).into();
+        ev.pid = sandbox.vmm_pid;
+        self.events.send(TASK_CREATE_EVENT_TOPIC, ev);
+        Ok(sandbox.vmm_pid)
+    }
+
+    /// Watches the VM of a new container and its OOM kills.
+    fn watch(self: &Arc<Self>, c: &Arc<Container>) {
+        let me = Arc::clone(self);
+        let id = c.id.clone();
+        c.sandbox.watch(move || {
+            // Processes that never started will never be waited for.
+            if let Ok(c) = me.container(&id) {
+                let mut all = vec![Arc::clone(&c.init)];
+                all.extend(
+                    c.execs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .cloned(),
+                );
+                for p in all {
+                    if p.status() == Status::CREATED {
+                        me.exited(&p, 128 + libc::SIGKILL as u32);
+                    }
+                }
+            }
+        });
+        let me = Arc::clone(self);
+        let vsock = c.sandbox.vsock.clone();
+        let _ = std::thread::Builder::new()
+            .name("oom".into())
+            .spawn(move || {
+                let mut after = 0;
+                let Ok(mut client) = AgentClient::connect(&vsock) else {
+                    return;
+                };
+                // Ends when the VM does.
+                while let Ok(Reply::OomEvent(e)) = client.call(Call::WaitOomEvent { after }) {
+                    after = e.seq;
+                    let mut ev = TaskOOM::new();
+                    ev.container_id = e.container_id;
+                    me.events.send(TASK_OOM_EVENT_TOPIC, ev);
+                }
+            });
+    }
+
+    /// Records an exit and publishes TaskExit (once).
+    fn exited(&self, p: &Process, status: u32) {
+        if !p.finish(status) {
+            return;
+        }
+        let (status, at) = p.exit();
+        let mut ev = TaskExit::new();
+        ev.container_id = p.container_id.clone();
+        ev.id = if p.exec_id.is_empty() {
+            p.container_id.clone()
+        } else {
+            p.exec_id.clone()
+        };
+        ev.pid = p.pid;
+        ev.exit_status = status;
+        ev.exited_at = at.into();
+        self.events.send(TASK_EXIT_EVENT_TOPIC, ev);
+    }
+
+    /// Starts a process; returns its PID.
+    pub fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32, TaskError> {
+        let c = self.container(id)?;
+        let p = self.process(id, exec_id)?;
+        if p.status() != Status::CREATED {
+            return Err(TaskError::precondition(format!(
+                "process {}: it is {}",
+                if exec_id.is_empty() { id } else { exec_id },
+                status_name(p.status())
+            )));
+        }
+        if c.sandbox.is_dead() {
+            return Err(TaskError::precondition(format!(
+                "task {id}: its VM has ended"
+            )));
+        }
+        let mut client = AgentClient::connect(&c.sandbox.vsock)?;
+        if exec_id.is_empty() {
+            client.call_empty(Call::StartContainer { id: id.to_string() })?;
+            p.set_status(Status::RUNNING);
+            let mut ev = TaskStart::new();
+            ev.container_id = id.to_string();
+            ev.pid = p.pid;
+            self.events.send(TASK_START_EVENT_TOPIC, ev);
+            hooks::run_warning(&c.hooks, HookKind::Poststart, &c.oci_state("running"));
+        } else {
+            if c.init.status() != Status::RUNNING {
+                return Err(TaskError::precondition(format!(
+                    "task {id}: it is {}",
+                    status_name(c.init.status())
+                )));
+            }
+            let attached = p
+                .attach(&c.sandbox.vsock, &self.namespace)
+                .map_err(|e| TaskError::invalid(e.to_string()))?;
+            client
+                .call_empty(Call::ExecProcess {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    process: p.spec.clone(),
+                })
+                .map_err(|e| TaskError::from(e).context("exec"))?;
+            let pumps = p
+                .start_pumps(attached, &c.sandbox.vsock)
+                .map_err(TaskError::internal)?;
+            p.set_pumps(pumps);
+            p.set_status(Status::RUNNING);
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = id.to_string();
+            ev.exec_id = exec_id.to_string();
+            ev.pid = p.pid;
+            self.events.send(TASK_EXEC_STARTED_EVENT_TOPIC, ev);
+        }
+        self.spawn_waiter(&c, &p);
+        Ok(p.pid)
+    }
+
+    fn spawn_waiter(self: &Arc<Self>, c: &Container, p: &Arc<Process>) {
+        let me = Arc::clone(self);
+        let p = Arc::clone(p);
+        let vsock = c.sandbox.vsock.clone();
+        let _ = std::thread::Builder::new()
+            .name("wait".into())
+            .spawn(move || {
+                let exit = AgentClient::connect(&vsock)
+                    .and_then(|mut client| client.wait(&p.container_id, &p.exec_id))
+                    .unwrap_or(ExitInfo {
+                        // The VM died under it.
+                        status: 128 + libc::SIGKILL,
+                        stdout_bytes: 0,
+                        stderr_bytes: 0,
+                    });
+                if let Some(pumps) = p.take_pumps() {
+                    pumps.finish(&exit);
+                }
+                me.exited(&p, exit.status.clamp(0, 255) as u32);
+            });
+    }
+
+    /// Registers an exec'd process (it runs at Start).
+    pub fn add_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stdio: StdioPaths,
+        spec: serde_json::Value,
+    ) -> Result<(), TaskError> {
+        let c = self.container(id)?;
+        check_id(exec_id).map_err(|e| TaskError::invalid(format!("exec id: {e}")))?;
+        if !spec.is_object() || spec["args"].as_array().is_none_or(|a| a.is_empty()) {
+            return Err(TaskError::invalid(format!(
+                "exec {exec_id}: the process spec has no args"
+            )));
+        }
+        if c.init.status() != Status::RUNNING {
+            return Err(TaskError::precondition(format!(
+                "task {id}: it is {}",
+                status_name(c.init.status())
+            )));
+        }
+        let mut execs = c.execs.lock().unwrap_or_else(|e| e.into_inner());
+        if execs.contains_key(exec_id) {
+            return Err(TaskError::new(
+                containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {exec_id}: already exists"),
+            ));
+        }
+        let p = Arc::new(Process::new(id, exec_id, stdio, spec, c.sandbox.vmm_pid));
+        execs.insert(exec_id.to_string(), p);
+        drop(execs);
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = id.to_string();
+        ev.exec_id = exec_id.to_string();
+        self.events.send(TASK_EXEC_ADDED_EVENT_TOPIC, ev);
+        Ok(())
+    }
+
+    /// Sends `signal` to a process (`all`: every process of the container).
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), TaskError> {
+        let c = self.container(id)?;
+        let p = self.process(id, exec_id)?;
+        let signal = i32::try_from(signal)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| TaskError::invalid(format!("signal {signal}: out of range")))?;
+        match p.status() {
+            Status::STOPPED => {
+                return Err(TaskError::not_found(format!(
+                    "process {}: already finished",
+                    if exec_id.is_empty() { id } else { exec_id }
+                )));
+            }
+            // Never started: it ends without running.
+            Status::CREATED => {
+                self.exited(&p, 128 + signal as u32);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let mut client = AgentClient::connect(&c.sandbox.vsock)?;
+        let call = if exec_id.is_empty() {
+            Call::SignalContainer {
+                id: id.to_string(),
+                signal,
+                all,
+            }
+        } else {
+            Call::SignalExec {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                signal,
+            }
+        };
+        client.call_empty(call)?;
+        Ok(())
+    }
+
+    /// Deletes a process; the container's own takes the container and,
+    /// when it owns it, the VM with it.
+    pub fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, u32, Timestamp), TaskError> {
+        let c = self.container(id)?;
+        let p = self.process(id, exec_id)?;
+        match p.status() {
+            Status::STOPPED => {}
+            Status::CREATED => self.exited(&p, 128 + libc::SIGKILL as u32),
+            other => {
+                return Err(TaskError::precondition(format!(
+                    "process {}: cannot delete, it is {}",
+                    if exec_id.is_empty() { id } else { exec_id },
+                    status_name(other)
+                )));
+            }
+        }
+        let (status, at) = p.wait();
+        if !exec_id.is_empty() {
+            c.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(exec_id);
+            return Ok((p.pid, status, at));
+        }
+        if !c.sandbox.is_dead() {
+            if let Ok(mut client) = AgentClient::connect(&c.sandbox.vsock) {
+                if let Err(e) = client.call_empty(Call::RemoveContainer { id: id.to_string() }) {
+                    log::warn!("remove container {id} in the guest: {e}");
+                }
+            }
+        }
+        c.sandbox.shut_down();
+        if let Some(m) = &c.rootfs_mount {
+            unmount(m);
+        }
+        clean_up(&c.dir);
+        self.table().remove(id);
+        let mut ev = TaskDelete::new();
+        ev.container_id = id.to_string();
+        ev.id = id.to_string();
+        ev.pid = p.pid;
+        ev.exit_status = status;
+        ev.exited_at = Some(at.clone()).into();
+        self.events.send(TASK_DELETE_EVENT_TOPIC, ev);
+        hooks::run_warning(&c.hooks, HookKind::Poststop, &c.oci_state("stopped"));
+        Ok((p.pid, status, at))
+    }
+
+    /// Freezes or thaws a container.
+    pub fn pause(&self, id: &str, pause: bool) -> Result<(), TaskError> {
+        let c = self.container(id)?;
+        let want = if pause {
+            Status::RUNNING
+        } else {
+            Status::PAUSED
+        };
+        if c.init.status() != want {
+            return Err(TaskError::precondition(format!(
+                "task {id}: it is {}",
+                status_name(c.init.status())
+            )));
+        }
+        let mut client = AgentClient::connect(&c.sandbox.vsock)?;
+        if pause {
+            client.call_empty(Call::PauseContainer { id: id.to_string() })?;
+            c.init.set_status(Status::PAUSED);
+            let mut ev = TaskPaused::new();
+            ev.container_id = id.to_string();
+            self.events.send(TASK_PAUSED_EVENT_TOPIC, ev);
+        } else {
+            client.call_empty(Call::ResumeContainer { id: id.to_string() })?;
+            c.init.set_status(Status::RUNNING);
+            let mut ev = TaskResumed::new();
+            ev.container_id = id.to_string();
+            self.events.send(TASK_RESUMED_EVENT_TOPIC, ev);
+        }
+        Ok(())
+    }
+
+    /// A call to the agent of container `id`'s VM.
+    pub fn call(&self, id: &str, call: Call) -> Result<Reply, TaskError> {
+        let c = self.container(id)?;
+        if c.sandbox.is_dead() {
+            return Err(TaskError::precondition(format!(
+                "task {id}: its VM has ended"
+            )));
+        }
+        Ok(AgentClient::connect(&c.sandbox.vsock)?.call(call)?)
+    }
+
+    /// Stops every VM (the shim is going away).
+    pub fn shut_down_all(&self) {
+        for c in self.table().values() {
+            c.sandbox.shut_down();
+        }
+    }
+}
+
+impl Container {
+    /// The OCI state for hooks.
+    pub fn oci_state(&self, status: &str) -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "id": self.id,
+            "status": status,
+            "pid": self.sandbox.vmm_pid,
+            "bundle": self.bundle,
+            "annotations": self.annotations,
+        })
+    }
+}
