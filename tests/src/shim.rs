@@ -49,8 +49,13 @@ impl ShimEnv {
 
     /// `ctr run --runtime io.containerd.husk.v2 FLAGS IMAGE ID ARGS`.
     pub fn run(&self, flags: &[&str], id: &str, args: &[&str]) -> Output {
+        self.run_with(RUNTIME, flags, id, args)
+    }
+
+    /// `ctr run --runtime RUNTIME FLAGS IMAGE ID ARGS`.
+    pub fn run_with(&self, runtime: &str, flags: &[&str], id: &str, args: &[&str]) -> Output {
         let image = self.containerd.image().to_string();
-        let mut all = vec!["run", "--runtime", RUNTIME];
+        let mut all = vec!["run", "--runtime", runtime];
         all.extend_from_slice(flags);
         all.push(&image);
         all.push(id);

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -54,8 +55,33 @@ pub struct Container {
     pub rootfs_mount: Option<PathBuf>,
     /// Its spec's hooks (host programs).
     pub hooks: serde_json::Value,
-    /// Its OCI state as hooks receive it.
+    /// Its annotations (for hooks' state).
     pub annotations: HashMap<String, String>,
+    /// Where its time went, logged at delete.
+    pub timings: Mutex<Timings>,
+}
+
+/// Where a task's time went (milliseconds): host-side work (what the
+/// shim controls) against the guest's boot.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Timings {
+    /// Create: rootfs mounts, image, VM processes spawned.
+    pub host_prepare_ms: f64,
+    /// Create: VM spawned → agent answering.
+    pub guest_boot_ms: f64,
+    /// Create: agent answering → container created, less the guest's
+    /// create call.
+    pub host_create_ms: f64,
+    /// Create: the guest creating the container (mounts, namespaces).
+    pub guest_create_ms: f64,
+    /// The Start call.
+    pub start_ms: f64,
+    /// The Delete call (VM stopped, mounts and files removed).
+    pub delete_ms: f64,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// The shared state of the task service.
@@ -171,6 +197,7 @@ impl Tasks {
 
     /// Creates a container in a new VM.
     pub fn create(self: &Arc<Self>, args: CreateArgs) -> Result<u32, TaskError> {
+        let t0 = Instant::now();
         check_id(&args.id).map_err(|e| TaskError::invalid(e.to_string()))?;
         if self.table().contains_key(&args.id) {
             return Err(TaskError::new(
@@ -254,12 +281,23 @@ impl Tasks {
             extra_cmdline: String::new(),
         };
         let backend = size.hypervisor.resolve();
+        let t_boot = t0.elapsed();
         let booted = self
             .launcher
             .run(move || boot_vm(backend, &vm_dir, &vm_spec))
             .ok_or_else(|| TaskError::internal("the VM launcher thread is gone"))?
             .map_err(|e| TaskError::internal(e).context("boot VM"))?;
-        let Booted { vm, mut client, .. } = booted;
+        let Booted {
+            vm,
+            mut client,
+            spawned,
+        } = booted;
+        let t_ready = t0.elapsed();
+        let mut timings = Timings {
+            host_prepare_ms: ms(t_boot + spawned),
+            guest_boot_ms: ms(t_ready - t_boot - spawned),
+            ..Timings::default()
+        };
         record.vm_processes = vm
             .pids()
             .into_iter()
@@ -289,6 +327,7 @@ impl Tasks {
         let attached = init
             .attach(&sandbox.vsock, &self.namespace)
             .map_err(|e| TaskError::invalid(e.to_string()))?;
+        let t_call = Instant::now();
         client
             .call_empty(Call::CreateContainer {
                 id: args.id.clone(),
@@ -302,10 +341,12 @@ impl Tasks {
                 },
             })
             .map_err(|e| TaskError::from(e).context("create container"))?;
+        timings.guest_create_ms = ms(t_call.elapsed());
         let pumps = init
             .start_pumps(attached, &sandbox.vsock)
             .map_err(TaskError::internal)?;
         init.set_pumps(pumps);
+        timings.host_create_ms = ms(t0.elapsed() - t_ready) - timings.guest_create_ms;
         let container = Arc::new(Container {
             id: args.id.clone(),
             bundle: args.bundle.clone(),
@@ -316,6 +357,7 @@ impl Tasks {
             rootfs_mount: record.rootfs_mount.clone(),
             hooks,
             annotations: bundle.annotations.clone(),
+            timings: Mutex::new(timings),
         });
         let state = container.oci_state("creating");
         hooks::run(&container.hooks, HookKind::CreateRuntime, &state)
@@ -401,6 +443,7 @@ impl Tasks {
 
     /// Starts a process; returns its PID.
     pub fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32, TaskError> {
+        let t0 = Instant::now();
         let c = self.container(id)?;
         let p = self.process(id, exec_id)?;
         if p.status() != Status::CREATED {
@@ -423,6 +466,7 @@ impl Tasks {
             ev.container_id = id.to_string();
             ev.pid = p.pid;
             self.events.send(TASK_START_EVENT_TOPIC, ev);
+            c.timings.lock().unwrap_or_else(|e| e.into_inner()).start_ms = ms(t0.elapsed());
             hooks::run_warning(&c.hooks, HookKind::Poststart, &c.oci_state("running"));
         } else {
             if c.init.status() != Status::RUNNING {
@@ -559,6 +603,7 @@ impl Tasks {
     /// Deletes a process; the container's own takes the container and,
     /// when it owns it, the VM with it.
     pub fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, u32, Timestamp), TaskError> {
+        let t0 = Instant::now();
         let c = self.container(id)?;
         let p = self.process(id, exec_id)?;
         match p.status() {
@@ -601,6 +646,12 @@ impl Tasks {
         ev.exited_at = Some(at.clone()).into();
         self.events.send(TASK_DELETE_EVENT_TOPIC, ev);
         hooks::run_warning(&c.hooks, HookKind::Poststop, &c.oci_state("stopped"));
+        let mut t = *c.timings.lock().unwrap_or_else(|e| e.into_inner());
+        t.delete_ms = ms(t0.elapsed());
+        log::info!(
+            "task timings {}",
+            serde_json::json!({ "id": id, "timings": t })
+        );
         Ok((p.pid, status, at))
     }
 
