@@ -189,6 +189,30 @@ fn exits_of(log: &str, id: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn the_shim_binary_answers_version() {
+    let out = std::process::Command::new(integration_tests::host::bin("containerd-shim-husk-v2"))
+        .arg("-v")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("Version: "),
+        "{}",
+        text(&out.stdout)
+    );
+    // Without containerd's arguments it refuses, saying what is missing.
+    let out = std::process::Command::new(integration_tests::host::bin("containerd-shim-husk-v2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("namespace"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn faults_are_reported_and_cleaned_up() {
     let env = ShimEnv::start("shim-faults");
     let c = &env.containerd;
@@ -254,10 +278,24 @@ fn faults_are_reported_and_cleaned_up() {
         env.assert_clean();
     }
 
+    // The memory limit reached: the OOM kill is an event and exit 137.
+    let out = env.run(
+        &["--rm", "--memory-limit", "33554432"],
+        "oom",
+        &["sh", "-c", "tail /dev/zero"],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    env.assert_clean();
+
     std::thread::sleep(Duration::from_millis(500));
     let _ = events.kill();
     let _ = events.wait();
     let log = std::fs::read_to_string(&events_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("\"oom\"")),
+        "{log}"
+    );
     let k1 = exits_of(&log, "k1");
     assert_eq!(k1.len(), 1, "{log}");
     assert_eq!(k1[0]["exit_status"], 137, "{log}");
