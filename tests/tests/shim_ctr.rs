@@ -302,3 +302,107 @@ fn faults_are_reported_and_cleaned_up() {
     let k2 = exits_of(&log, "k2");
     assert!(k2.iter().all(|e| e["exit_status"] != 0), "{log}");
 }
+
+#[test]
+fn a_pods_containers_share_its_vm() {
+    let env = ShimEnv::start("shim-pod");
+    let c = &env.containerd;
+    let sandbox = [
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=pod1",
+    ];
+    let member = [
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=pod1",
+    ];
+    let mut flags = vec!["-d"];
+    flags.extend(sandbox);
+    let out = env.run(
+        &flags,
+        "pod1",
+        &["sh", "-c", "echo from-sandbox > /dev/shm/x; sleep 1000"],
+    );
+    assert!(out.status.success(), "sandbox: {}", text(&out.stderr));
+    env.wait_status("pod1", "RUNNING");
+    let mut flags = vec!["-d"];
+    flags.extend(member);
+    let out = env.run(&flags, "c1", &["sleep", "1000"]);
+    assert!(out.status.success(), "c1: {}", text(&out.stderr));
+    let mut flags = vec!["--rm"];
+    flags.extend(member);
+    // A second image into the same VM, run to its end.
+    let out = env.run(&flags, "c2", &["sh", "-c", "cat /proc/1/comm; exit 6"]);
+    assert_eq!(out.status.code(), Some(6), "c2: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "sh\n");
+    env.wait_status("c1", "RUNNING");
+
+    // One shim, one VM: the tasks report the same VMM PID.
+    assert_eq!(env.shim_pids("pod1").len(), 1);
+    assert!(env.shim_pids("c1").is_empty(), "c1 has a shim of its own");
+    let pid = |id: &str| {
+        env.task_line(id)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(pid("pod1"), pid("c1"));
+    // Each container has its own root and processes.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c1",
+        "cat",
+        "/proc/1/comm",
+    ]);
+    assert_eq!(text(&out.stdout), "sleep\n", "{}", text(&out.stderr));
+
+    // The member goes; the pod's VM stays until its sandbox goes.
+    assert!(
+        c.ctr(&["task", "kill", "--signal", "SIGKILL", "c1"])
+            .status
+            .success()
+    );
+    env.wait_status("c1", "STOPPED");
+    assert!(c.ctr(&["task", "delete", "c1"]).status.success());
+    assert!(c.ctr(&["container", "delete", "c1"]).status.success());
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "pod1",
+        "cat",
+        "/dev/shm/x",
+    ]);
+    assert_eq!(text(&out.stdout), "from-sandbox\n", "{}", text(&out.stderr));
+    assert!(
+        c.ctr(&["task", "kill", "--signal", "SIGKILL", "pod1"])
+            .status
+            .success()
+    );
+    env.wait_status("pod1", "STOPPED");
+    assert!(c.ctr(&["task", "delete", "pod1"]).status.success());
+    assert!(c.ctr(&["container", "delete", "pod1"]).status.success());
+    env.assert_clean();
+
+    // A member whose sandbox is not there is refused at create.
+    let mut flags = vec!["--rm"];
+    flags.extend(member);
+    let out = env.run(&flags, "orphan", &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("pod sandbox pod1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = c.ctr(&["container", "delete", "orphan"]);
+    env.assert_clean();
+}

@@ -28,6 +28,19 @@ fn device_by_serial(serial: &str) -> Option<PathBuf> {
     None
 }
 
+/// Drops the guest's cached blocks of `dev`: a pod's spare drive gets its
+/// image written by the host after the guest booted (and read its first
+/// sectors looking for partitions), so what is cached may be stale.
+fn flush_buffers(dev: &Path) {
+    use std::os::fd::AsRawFd;
+    /// `BLKFLSBUF`, `_IO(0x12, 97)`.
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    if let Ok(f) = std::fs::File::open(dev) {
+        // SAFETY: BLKFLSBUF takes no argument; `f` is an open block device.
+        unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF, 0) };
+    }
+}
+
 fn cstr(s: &str) -> Result<CString, ErrorReply> {
     CString::new(s).map_err(|_| err(ErrorCode::InvalidArgument, format!("NUL in {s:?}")))
 }
@@ -115,6 +128,7 @@ pub fn mount_rootfs(storage: &Storage, bundle: &Path) -> Result<RootfsMounts, Er
             format!("no block device with serial {serial:?}"),
         )
     })?;
+    flush_buffers(&dev);
     let mounts = RootfsMounts {
         bundle: bundle.to_path_buf(),
     };

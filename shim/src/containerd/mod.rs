@@ -29,9 +29,9 @@ pub use service::Service;
 pub const RUNTIME_ID: &str = "io.containerd.husk.v2";
 
 /// Annotation naming a container's role in a CRI pod.
-const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// Annotation naming a container's pod sandbox.
-const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 /// Where task directories (images, VM sockets, cleanup records) live:
 /// `<husk root>/containerd` (`$HUSK_ROOT` or `/run/husk`).
@@ -95,13 +95,8 @@ pub struct HuskShim {
 
 /// The shim that serves `id`: its pod's sandbox for a CRI container.
 fn grouping(id: &str, bundle: &Path) -> String {
-    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_slice(&t).ok())
-        .unwrap_or_default();
-    let ann = &spec["annotations"];
-    match (ann[CONTAINER_TYPE].as_str(), ann[SANDBOX_ID].as_str()) {
-        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.to_string(),
+    match task::pod_role(bundle) {
+        task::PodRole::Member(sandbox) => sandbox,
         _ => id.to_string(),
     }
 }

@@ -54,6 +54,23 @@ impl Launcher {
     }
 }
 
+/// Spare drives a pod's VM boots with: how many containers may join it.
+/// QEMU's microvm wires virtio-mmio devices to 8 interrupt lines; with the
+/// vsock device and the sandbox's own root drive, 6 are left.
+pub const POD_SLOTS: usize = 6;
+
+/// Size of each spare drive (sparse on the host): the largest root image
+/// a joining container may have.
+pub const SLOT_BYTES: u64 = 4 << 30;
+
+/// A spare drive of a pod's VM.
+#[derive(Debug)]
+struct Slot {
+    serial: String,
+    path: PathBuf,
+    used: bool,
+}
+
 /// A running VM and the containers in it.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -63,17 +80,56 @@ pub struct Sandbox {
     pub vmm_pid: u32,
     vm: Mutex<Option<Vm>>,
     dead: AtomicBool,
+    slots: Mutex<Vec<Slot>>,
 }
 
 impl Sandbox {
-    /// Wraps a booted VM.
-    pub fn new(vm: Vm) -> Arc<Sandbox> {
+    /// Wraps a booted VM with its spare drives (serial, backing file).
+    pub fn new(vm: Vm, slots: Vec<(String, PathBuf)>) -> Arc<Sandbox> {
         Arc::new(Sandbox {
             vsock: vm.vsock_path().to_path_buf(),
             vmm_pid: vm.pid().unwrap_or(0),
             vm: Mutex::new(Some(vm)),
             dead: AtomicBool::new(false),
+            slots: Mutex::new(
+                slots
+                    .into_iter()
+                    .map(|(serial, path)| Slot {
+                        serial,
+                        path,
+                        used: false,
+                    })
+                    .collect(),
+            ),
         })
+    }
+
+    /// Writes the root image `image` into a free spare drive; returns the
+    /// drive's serial. A drive is used once (the guest may still cache what
+    /// it read from it).
+    pub fn fill_slot(&self, image: &Path) -> Result<String, String> {
+        let len = std::fs::metadata(image)
+            .map_err(|e| format!("{}: {e}", image.display()))?
+            .len();
+        if len > SLOT_BYTES {
+            return Err(format!(
+                "root image of {len} bytes is larger than a pod drive ({SLOT_BYTES})"
+            ));
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.iter_mut().find(|s| !s.used).ok_or_else(|| {
+            format!("no spare drive left: a pod VM takes at most {POD_SLOTS} containers")
+        })?;
+        let mut src =
+            std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+        // Into the file the VMM holds open: no truncation, same inode.
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&slot.path)
+            .map_err(|e| format!("{}: {e}", slot.path.display()))?;
+        std::io::copy(&mut src, &mut dst).map_err(|e| format!("{}: {e}", slot.path.display()))?;
+        slot.used = true;
+        Ok(slot.serial.clone())
     }
 
     /// Whether the VM has ended.

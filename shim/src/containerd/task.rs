@@ -59,6 +59,38 @@ pub struct Container {
     pub annotations: HashMap<String, String>,
     /// Where its time went, logged at delete.
     pub timings: Mutex<Timings>,
+    /// Whether the VM is this container's (a task, or a pod's sandbox)
+    /// rather than its pod's.
+    pub owns_vm: bool,
+}
+
+/// A container's place in a Kubernetes pod (CRI annotations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// Not in a pod: a VM of its own.
+    Alone,
+    /// The pod's sandbox: creates the pod's VM.
+    Sandbox(String),
+    /// A container of the pod with this sandbox ID: joins its VM.
+    Member(String),
+}
+
+/// The pod role the CRI annotations in a bundle's `config.json` give.
+pub fn pod_role(bundle: &Path) -> PodRole {
+    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default();
+    let ann = &spec["annotations"];
+    let sandbox = ann[super::SANDBOX_ID]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    match ann[super::CONTAINER_TYPE].as_str() {
+        Some("sandbox") => PodRole::Sandbox(sandbox),
+        Some("container") if !sandbox.is_empty() => PodRole::Member(sandbox),
+        _ => PodRole::Alone,
+    }
 }
 
 /// Where a task's time went (milliseconds): host-side work (what the
@@ -97,6 +129,8 @@ pub struct Tasks {
     pub exit: super::ShimExit,
     launcher: Launcher,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Pod VMs by sandbox ID.
+    pods: Mutex<HashMap<String, Arc<Sandbox>>>,
 }
 
 /// What containerd asked to create.
@@ -161,6 +195,7 @@ impl Tasks {
             exit,
             launcher: Launcher::start(),
             containers: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
         }
     }
 
@@ -232,17 +267,25 @@ impl Tasks {
                     .map_err(|e| TaskError::internal(format!("rootfs: {e}")))?;
             }
         }
-        let bundle = Bundle::load(&bundle_dir).map_err(|e| TaskError::invalid(e.to_string()))?;
-        if bundle
-            .annotations
-            .get("io.kubernetes.cri.container-type")
-            .is_some_and(|t| t == "container")
-        {
-            return Err(TaskError::new(
-                containerd_shim::protos::ttrpc::Code::UNIMPLEMENTED,
-                "not implemented: a second container in a pod's VM",
-            ));
+        let role = pod_role(&bundle_dir);
+        let bundle = match role {
+            PodRole::Alone => Bundle::load(&bundle_dir),
+            _ => Bundle::load_in_pod(&bundle_dir),
         }
+        .map_err(|e| TaskError::invalid(e.to_string()))?;
+        let pod_vm = match &role {
+            PodRole::Member(sandbox) => Some(
+                self.pods
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(sandbox)
+                    .cloned()
+                    .ok_or_else(|| {
+                        TaskError::not_found(format!("pod sandbox {sandbox} (in this shim)"))
+                    })?,
+            ),
+            _ => None,
+        };
         let cfg = HuskConfig::load_default().map_err(|e| TaskError::invalid(e.to_string()))?;
         check_file("kernel", &cfg.kernel).map_err(TaskError::internal)?;
         check_file("initramfs", &cfg.initramfs).map_err(TaskError::internal)?;
@@ -266,50 +309,76 @@ impl Tasks {
             cfg.rootfs_format,
         )
         .map_err(|e| TaskError::invalid(e.to_string()))?;
-        let vm_dir = dir.join("vm");
-        make_vm_dir(&vm_dir).map_err(TaskError::internal)?;
-        let vm_spec = VmSpec {
-            kernel: cfg.kernel.clone(),
-            initrd: cfg.initramfs.clone(),
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-            drives: vec![Drive {
-                id: "rootfs".into(),
-                path: image.path.clone(),
-                read_only: true,
-            }],
-            extra_cmdline: String::new(),
+        let mut t_boot = t0.elapsed();
+        let mut spawned = std::time::Duration::ZERO;
+        let (sandbox, mut client, serial, owns_vm) = match pod_vm {
+            Some(vm) => {
+                let serial = vm
+                    .fill_slot(&image.path)
+                    .map_err(|e| TaskError::precondition(e).context("pod VM"))?;
+                let client = AgentClient::connect(&vm.vsock)?;
+                (vm, client, serial, false)
+            }
+            None => {
+                let vm_dir = dir.join("vm");
+                make_vm_dir(&vm_dir).map_err(TaskError::internal)?;
+                let mut drives = vec![Drive {
+                    id: "rootfs".into(),
+                    path: image.path.clone(),
+                    read_only: true,
+                }];
+                let slots = if matches!(role, PodRole::Sandbox(_)) {
+                    make_slots(&dir).map_err(TaskError::internal)?
+                } else {
+                    Vec::new()
+                };
+                drives.extend(slots.iter().map(|(id, path)| Drive {
+                    id: id.clone(),
+                    path: path.clone(),
+                    read_only: true,
+                }));
+                let vm_spec = VmSpec {
+                    kernel: cfg.kernel.clone(),
+                    initrd: cfg.initramfs.clone(),
+                    vcpus: size.vcpus,
+                    memory_mib: size.memory_mib,
+                    drives,
+                    extra_cmdline: String::new(),
+                };
+                let backend = size.hypervisor.resolve();
+                t_boot = t0.elapsed();
+                let booted = self
+                    .launcher
+                    .run(move || boot_vm(backend, &vm_dir, &vm_spec))
+                    .ok_or_else(|| TaskError::internal("the VM launcher thread is gone"))?
+                    .map_err(|e| TaskError::internal(e).context("boot VM"))?;
+                let Booted {
+                    vm,
+                    mut client,
+                    spawned: s,
+                } = booted;
+                spawned = s;
+                record.vm_processes = vm
+                    .pids()
+                    .into_iter()
+                    .filter_map(|p| start_time(p as i32).map(|t| (p as i32, t)))
+                    .collect();
+                save_record(&dir, &record).map_err(TaskError::internal)?;
+                let sandbox = Sandbox::new(vm, slots);
+                undo.sandbox = Some(Arc::clone(&sandbox));
+                client.call_empty(Call::CreateSandbox(SandboxConfig {
+                    hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
+                    ..SandboxConfig::default()
+                }))?;
+                (sandbox, client, "rootfs".to_string(), true)
+            }
         };
-        let backend = size.hypervisor.resolve();
-        let t_boot = t0.elapsed();
-        let booted = self
-            .launcher
-            .run(move || boot_vm(backend, &vm_dir, &vm_spec))
-            .ok_or_else(|| TaskError::internal("the VM launcher thread is gone"))?
-            .map_err(|e| TaskError::internal(e).context("boot VM"))?;
-        let Booted {
-            vm,
-            mut client,
-            spawned,
-        } = booted;
         let t_ready = t0.elapsed();
         let mut timings = Timings {
             host_prepare_ms: ms(t_boot + spawned),
-            guest_boot_ms: ms(t_ready - t_boot - spawned),
+            guest_boot_ms: ms(t_ready.saturating_sub(t_boot + spawned)),
             ..Timings::default()
         };
-        record.vm_processes = vm
-            .pids()
-            .into_iter()
-            .filter_map(|p| start_time(p as i32).map(|t| (p as i32, t)))
-            .collect();
-        save_record(&dir, &record).map_err(TaskError::internal)?;
-        let sandbox = Sandbox::new(vm);
-        undo.sandbox = Some(Arc::clone(&sandbox));
-        client.call_empty(Call::CreateSandbox(SandboxConfig {
-            hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
-            ..SandboxConfig::default()
-        }))?;
         for f in files {
             client.call_empty(Call::WriteFile {
                 path: f.path,
@@ -333,9 +402,7 @@ impl Tasks {
                 id: args.id.clone(),
                 spec,
                 rootfs: Storage {
-                    source: StorageSource::Block {
-                        serial: "rootfs".into(),
-                    },
+                    source: StorageSource::Block { serial },
                     fstype: image.format.fstype().into(),
                     overlay: true,
                 },
@@ -358,6 +425,7 @@ impl Tasks {
             hooks,
             annotations: bundle.annotations.clone(),
             timings: Mutex::new(timings),
+            owns_vm,
         });
         let state = container.oci_state("creating");
         hooks::run(&container.hooks, HookKind::CreateRuntime, &state)
@@ -365,7 +433,15 @@ impl Tasks {
             .map_err(|e| TaskError::internal(e).context("hook"))?;
         undo.armed = false;
         self.table().insert(args.id.clone(), Arc::clone(&container));
-        self.watch(&container);
+        if owns_vm {
+            self.watch(&container);
+        }
+        if let PodRole::Sandbox(_) = role {
+            self.pods
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(args.id.clone(), Arc::clone(&sandbox));
+        }
         let mut ev = TaskCreate::new();
         ev.container_id = args.id.clone();
         ev.bundle = args.bundle;
@@ -384,10 +460,16 @@ impl Tasks {
     /// Watches the VM of a new container and its OOM kills.
     fn watch(self: &Arc<Self>, c: &Arc<Container>) {
         let me = Arc::clone(self);
-        let id = c.id.clone();
+        let vm = Arc::clone(&c.sandbox);
         c.sandbox.watch(move || {
             // Processes that never started will never be waited for.
-            if let Ok(c) = me.container(&id) {
+            let in_vm: Vec<Arc<Container>> = me
+                .table()
+                .values()
+                .filter(|c| Arc::ptr_eq(&c.sandbox, &vm))
+                .cloned()
+                .collect();
+            for c in in_vm {
                 let mut all = vec![Arc::clone(&c.init)];
                 all.extend(
                     c.execs
@@ -632,7 +714,13 @@ impl Tasks {
                 }
             }
         }
-        c.sandbox.shut_down();
+        if c.owns_vm {
+            c.sandbox.shut_down();
+            self.pods
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+        }
         if let Some(m) = &c.rootfs_mount {
             unmount(m);
         }
@@ -703,6 +791,22 @@ impl Tasks {
             c.sandbox.shut_down();
         }
     }
+}
+
+/// Spare drives of a pod's VM, one per container that may join it
+/// (`slotN`, sparse files): a container's image is written into one before
+/// the guest mounts it, as virtio-mmio drives cannot be added to a running
+/// VM.
+fn make_slots(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    (0..super::sandbox::POD_SLOTS)
+        .map(|i| {
+            let path = dir.join(format!("slot{i}.img"));
+            let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            f.set_len(super::sandbox::SLOT_BYTES)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((format!("slot{i}"), path))
+        })
+        .collect()
 }
 
 impl Container {

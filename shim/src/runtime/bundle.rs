@@ -62,8 +62,20 @@ fn invalid(dir: &Path, message: impl Into<String>) -> BundleError {
 }
 
 impl Bundle {
-    /// Reads and checks the bundle at `dir`.
+    /// Reads and checks the bundle at `dir`; a spec that joins a host
+    /// namespace by path is refused.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        Self::load_with(dir, false)
+    }
+
+    /// As [`Bundle::load`] for a container of a pod: namespaces named by a
+    /// host path (the pod's, as the CRI plugin sets them) are the VM's to
+    /// share, see [`share_vm_namespaces`].
+    pub fn load_in_pod(dir: &Path) -> Result<Bundle, BundleError> {
+        Self::load_with(dir, true)
+    }
+
+    fn load_with(dir: &Path, in_pod: bool) -> Result<Bundle, BundleError> {
         let dir = std::path::absolute(dir).map_err(|source| BundleError::Read {
             dir: dir.to_path_buf(),
             source,
@@ -72,8 +84,11 @@ impl Bundle {
             dir: dir.clone(),
             source,
         })?;
-        let spec: Value =
+        let mut spec: Value =
             serde_json::from_slice(&text).map_err(|e| invalid(&dir, e.to_string()))?;
+        if in_pod {
+            share_vm_namespaces(&mut spec);
+        }
         let typed: oci_spec::runtime::Spec =
             serde_json::from_value(spec.clone()).map_err(|e| invalid(&dir, e.to_string()))?;
         let Some(process) = typed.process() else {
@@ -134,6 +149,25 @@ impl Bundle {
     /// Whether the process asks for a terminal.
     pub fn terminal(&self) -> bool {
         self.spec["process"]["terminal"].as_bool().unwrap_or(false)
+    }
+}
+
+/// Rewrites the namespaces a spec joins by host path: the network, UTS and
+/// IPC namespaces of a pod are the VM's own (every container of the pod
+/// shares them, as it would share the pod sandbox's), so those entries go;
+/// any other namespace named by path becomes a new one in the guest.
+pub fn share_vm_namespaces(spec: &mut Value) {
+    let Some(list) = spec["linux"]["namespaces"].as_array_mut() else {
+        return;
+    };
+    let has_path = |n: &Value| n["path"].as_str().is_some_and(|p| !p.is_empty());
+    list.retain(|n| {
+        !(has_path(n) && matches!(n["type"].as_str(), Some("network" | "uts" | "ipc")))
+    });
+    for n in list.iter_mut() {
+        if let Some(o) = n.as_object_mut() {
+            o.remove("path");
+        }
     }
 }
 
@@ -225,6 +259,23 @@ pub fn guest_mounts(spec: &mut Value, id: &str) -> Result<Vec<GuestFile>, Bundle
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_namespaces_become_the_vms() {
+        let mut spec = serde_json::json!({"linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "ipc", "path": "/proc/7/ns/ipc"},
+            {"type": "uts", "path": "/proc/7/ns/uts"},
+            {"type": "mount"},
+            {"type": "cgroup", "path": "/proc/7/ns/cgroup"}
+        ]}});
+        share_vm_namespaces(&mut spec);
+        assert_eq!(
+            spec["linux"]["namespaces"],
+            serde_json::json!([{"type": "pid"}, {"type": "mount"}, {"type": "cgroup"}])
+        );
+    }
 
     fn bundle_dir(name: &str, config: &Value) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("husk-bundle-{name}-{}", std::process::id()));
