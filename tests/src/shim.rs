@@ -87,6 +87,23 @@ impl ShimEnv {
         }
     }
 
+    /// Kills task `id` with SIGKILL, waits for it to stop, deletes the task
+    /// and the container.
+    pub fn remove(&self, id: &str) {
+        let c = &self.containerd;
+        let out = c.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+        assert!(out.status.success(), "kill {id}: {}", text(&out.stderr));
+        self.wait_status(id, "STOPPED");
+        let out = c.ctr(&["task", "delete", id]);
+        assert!(out.status.success(), "delete {id}: {}", text(&out.stderr));
+        let out = c.ctr(&["container", "delete", id]);
+        assert!(
+            out.status.success(),
+            "container delete {id}: {}",
+            text(&out.stderr)
+        );
+    }
+
     /// Asserts that the shim left nothing: no task directory, no process
     /// naming one, no mount below the husk root.
     pub fn assert_clean(&self) {

@@ -365,14 +365,7 @@ fn a_pods_containers_share_its_vm() {
     assert_eq!(text(&out.stdout), "sleep\n", "{}", text(&out.stderr));
 
     // The member goes; the pod's VM stays until its sandbox goes.
-    assert!(
-        c.ctr(&["task", "kill", "--signal", "SIGKILL", "c1"])
-            .status
-            .success()
-    );
-    env.wait_status("c1", "STOPPED");
-    assert!(c.ctr(&["task", "delete", "c1"]).status.success());
-    assert!(c.ctr(&["container", "delete", "c1"]).status.success());
+    env.remove("c1");
     let out = c.ctr(&[
         "task",
         "exec",
@@ -383,14 +376,7 @@ fn a_pods_containers_share_its_vm() {
         "/dev/shm/x",
     ]);
     assert_eq!(text(&out.stdout), "from-sandbox\n", "{}", text(&out.stderr));
-    assert!(
-        c.ctr(&["task", "kill", "--signal", "SIGKILL", "pod1"])
-            .status
-            .success()
-    );
-    env.wait_status("pod1", "STOPPED");
-    assert!(c.ctr(&["task", "delete", "pod1"]).status.success());
-    assert!(c.ctr(&["container", "delete", "pod1"]).status.success());
+    env.remove("pod1");
     env.assert_clean();
 
     // A member whose sandbox is not there is refused at create.

@@ -31,7 +31,7 @@ use crate::agent::AgentClient;
 use crate::hypervisor::{Drive, VmSpec};
 use crate::rootfs::build_image;
 use crate::runtime::boot::{Booted, boot_vm, check_file, make_vm_dir};
-use crate::runtime::bundle::{Bundle, guest_mounts};
+use crate::runtime::bundle::{Bundle, guest_mounts, write_guest_files};
 use crate::runtime::config::{HuskConfig, sizing};
 use crate::runtime::hooks::{self, HookKind};
 use crate::runtime::state::{check_id, start_time};
@@ -379,13 +379,7 @@ impl Tasks {
             guest_boot_ms: ms(t_ready.saturating_sub(t_boot + spawned)),
             ..Timings::default()
         };
-        for f in files {
-            client.call_empty(Call::WriteFile {
-                path: f.path,
-                data: f.data,
-                mode: f.mode,
-            })?;
-        }
+        write_guest_files(&mut client, files)?;
         let init = Arc::new(Process::new(
             &args.id,
             "",

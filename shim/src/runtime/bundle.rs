@@ -182,6 +182,21 @@ pub struct GuestFile {
     pub mode: u32,
 }
 
+/// Writes `files` into the guest with `write_file`.
+pub fn write_guest_files(
+    client: &mut crate::agent::AgentClient,
+    files: Vec<GuestFile>,
+) -> Result<(), crate::agent::AgentError> {
+    for f in files {
+        client.call_empty(protocol::Call::WriteFile {
+            path: f.path,
+            data: f.data,
+            mode: f.mode,
+        })?;
+    }
+    Ok(())
+}
+
 /// Where the agent keeps files written with `write_file`.
 pub const GUEST_FILES: &str = "/run/husk/files";
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use protocol::{Call, ExitInfo, SandboxConfig, StdioStream, Storage, StorageSource};
 
 use super::boot::{BootError, Booted, boot_vm, check_file, make_vm_dir};
-use super::bundle::{Bundle, BundleError, guest_mounts};
+use super::bundle::{Bundle, BundleError, guest_mounts, write_guest_files};
 use super::config::{ConfigError, HuskConfig, sizing};
 use super::hooks::{self, HookError, HookKind};
 use super::log;
@@ -232,13 +232,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
         ..SandboxConfig::default()
     }))?;
-    for f in files {
-        client.call_empty(Call::WriteFile {
-            path: f.path,
-            data: f.data,
-            mode: f.mode,
-        })?;
-    }
+    write_guest_files(&mut client, files)?;
     let streams = Streams::attach(&vsock, id, "", terminal)?;
     client.call_empty(Call::CreateContainer {
         id: id.clone(),
