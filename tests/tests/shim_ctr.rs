@@ -8,19 +8,26 @@ use std::time::{Duration, Instant};
 use integration_tests::cli::text;
 use integration_tests::shim::{RUNTIME, ShimEnv};
 
+/// Starts `ctr events` writing to a file; returns the file and the process.
+fn record_events(env: &ShimEnv) -> (std::path::PathBuf, std::process::Child) {
+    let log = env.husk.dir.join("events.log");
+    let child = env
+        .containerd
+        .command(&["events"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (log, child)
+}
+
 #[test]
 fn ctr_runs_tasks_in_microvms() {
     let env = ShimEnv::start("shim-ctr");
     let c = &env.containerd;
 
     // Events, recorded while the test runs.
-    let events_log = env.husk.dir.join("events.log");
-    let mut events = c
-        .command(&["events"])
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (events_log, mut events) = record_events(&env);
 
     let out = env.run(&["--rm"], "r1", &["echo", "hello"]);
     assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
@@ -146,6 +153,28 @@ fn ctr_runs_tasks_in_microvms() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "to a file\n");
 
+    // Output to a logging program by URI: key and value become arguments.
+    let logger = env.husk.dir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n[ \"$1\" = out ] || exit 2\nexec 5>&-\ncat <&3 >> \"$2\" & cat <&4 >> \"$2\"; wait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let logged = env.husk.dir.join("logged.txt");
+    let uri = format!("binary://{}?out={}", logger.display(), logged.display());
+    let out = env.run(&["--rm", "--log-uri", &uri], "r6", &["echo", "to a logger"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&logged).unwrap_or_default() != "to a logger\n" {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            std::fs::read_to_string(&logged)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     env.assert_clean();
 
     // The events of d1, in order.
@@ -216,13 +245,7 @@ fn the_shim_binary_answers_version() {
 fn faults_are_reported_and_cleaned_up() {
     let env = ShimEnv::start("shim-faults");
     let c = &env.containerd;
-    let events_log = env.husk.dir.join("events.log");
-    let mut events = c
-        .command(&["events"])
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (events_log, mut events) = record_events(&env);
 
     // The VMM killed: the task exits with 137 and deletes cleanly.
     let out = env.run(&["-d"], "k1", &["sleep", "1000"]);
@@ -233,6 +256,16 @@ fn faults_are_reported_and_cleaned_up() {
     // SAFETY: kill(2) on the VMM PID containerd reported for the task.
     assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
     env.wait_status("k1", "STOPPED");
+    // Before any delete, the rest of the VM (the vsock daemon) is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !integration_tests::cli::processes_mentioning(&env.task_root()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "VM helpers outlive the VMM: {:?}",
+            integration_tests::cli::processes_mentioning(&env.task_root())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = c.ctr(&["task", "delete", "k1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(c.ctr(&["container", "delete", "k1"]).status.success());

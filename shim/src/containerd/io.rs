@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+/// How long an output FIFO may wait for its reader to open it.
+const FIFO_READER_WAIT: Duration = Duration::from_secs(10);
+
 /// Errors connecting stdio.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
@@ -119,14 +122,27 @@ fn open_output(what: &'static str, target: &str) -> Result<OutputTarget, IoError
             uri: target.to_string(),
         });
     }
-    // A FIFO whose reader containerd opened before the create call: open
-    // without blocking (ENXIO if nobody reads), then write blocking.
+    // A FIFO whose reader containerd (or ctr) opens, possibly still while
+    // the call is on its way: open without blocking, trying again while
+    // nobody reads (ENXIO) for a while, then write blocking.
     let path = Path::new(target);
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| err(path, e))?;
+    let deadline = std::time::Instant::now() + FIFO_READER_WAIT;
+    let f = loop {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => break f,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(err(path, e)),
+        }
+    };
     set_blocking(&f).map_err(|e| err(path, e))?;
     Ok(OutputTarget::File(f))
 }
@@ -147,15 +163,15 @@ fn start_logger(rest: &str, container_id: &str, namespace: &str) -> Result<Outpu
         path: path.to_string(),
         detail,
     };
-    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| fail(e.to_string()))?;
-    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| fail(e.to_string()))?;
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| fail(e.to_string()))?;
+    let (out_r, out_w) = cloexec_pipe().map_err(|e| fail(e.to_string()))?;
+    let (err_r, err_w) = cloexec_pipe().map_err(|e| fail(e.to_string()))?;
+    let (ready_r, ready_w) = cloexec_pipe().map_err(|e| fail(e.to_string()))?;
     let mut cmd = Command::new(path);
+    // Each query parameter becomes two arguments, key then value, as
+    // containerd's own shims pass them.
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some((k, v)) if !v.is_empty() => cmd.arg(format!("-{k}")).arg(v),
-            _ => cmd.arg(format!("-{}", pair.trim_end_matches('='))),
-        };
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        cmd.arg(percent_decode(k)).arg(percent_decode(v));
     }
     cmd.env("CONTAINER_ID", container_id)
         .env("CONTAINER_NAMESPACE", namespace)
@@ -186,6 +202,36 @@ fn start_logger(rest: &str, container_id: &str, namespace: &str) -> Result<Outpu
         stderr: OutputTarget::File(File::from(err_w)),
         logger: Some(child),
     })
+}
+
+/// A pipe whose ends no child inherits (`dup2` onto a child's descriptor
+/// clears the flag for that one copy only).
+pub fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) of a URI query part.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn wait_ready(ready: OwnedFd, limit: Duration) -> Result<(), String> {
@@ -257,4 +303,15 @@ pub fn pump_stdin(mut fifo: File, mut stream: UnixStream, stop: &OwnedFd) -> u64
         }
     }
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parts_are_decoded() {
+        assert_eq!(percent_decode("a%2Fb+c%zz%4"), "a/b c%zz%4");
+        assert_eq!(percent_decode("/tmp/log"), "/tmp/log");
+    }
 }

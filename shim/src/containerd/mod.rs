@@ -130,9 +130,7 @@ impl Shim for HuskShim {
         let dir = task::task_dir(&task_root(), &self.namespace, &self.id);
         sandbox::clean_up(&dir);
         let rootfs = self.bundle.join("rootfs");
-        if is_mount_point(&rootfs) {
-            sandbox::unmount(&rootfs);
-        }
+        sandbox::unmount(&rootfs);
         remove_dead_socket(&self.bundle);
         let mut resp = DeleteResponse::new();
         resp.exit_status = 128 + libc::SIGKILL as u32;
@@ -153,17 +151,6 @@ impl Shim for HuskShim {
             self.exit.clone(),
         );
         Service::new(Arc::new(tasks))
-    }
-}
-
-fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata(path),
-        path.parent().map(std::fs::metadata),
-    ) {
-        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
-        _ => false,
     }
 }
 

@@ -226,7 +226,8 @@ impl Process {
             None => None,
         };
         if let Some((fifo, stream)) = stdin {
-            let (stop_r, stop_w) = nix::unistd::pipe().map_err(|e| StdioError::Thread(e.into()))?;
+            let (stop_r, stop_w) =
+                super::io::cloexec_pipe().map_err(|e| StdioError::Thread(e.into()))?;
             *self.stdin_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop_w);
             let vsock = vsock.to_path_buf();
             let id = self.container_id.clone();

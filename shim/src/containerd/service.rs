@@ -43,6 +43,22 @@ fn log_err<T>(call: &str, id: &str, r: Result<T, TaskError>) -> Res<T> {
     })
 }
 
+/// The JSON object containerd packs in an `Any` for a Go type that is not
+/// a protobuf message (an OCI `Process` or `LinuxResources`).
+fn json_any(
+    any: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+    what: &str,
+) -> Result<serde_json::Value, TaskError> {
+    let any = any.ok_or_else(|| TaskError::invalid(format!("{what}: missing")))?;
+    let v: serde_json::Value = serde_json::from_slice(&any.value)
+        .map_err(|e| TaskError::invalid(format!("{what}: {e}")))?;
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(TaskError::invalid(format!("{what}: not a JSON object")))
+    }
+}
+
 impl Task for Service {
     fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> Res<CreateTaskResponse> {
         if !req.checkpoint.is_empty() {
@@ -149,16 +165,10 @@ impl Task for Service {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> Res<Empty> {
-        let spec: serde_json::Value = match req.spec.as_ref() {
-            Some(any) => serde_json::from_slice(&any.value).map_err(|e| {
-                TaskError::invalid(format!("exec {}: process spec: {e}", req.exec_id))
-            })?,
-            None => {
-                return Err(
-                    TaskError::invalid(format!("exec {}: no process spec", req.exec_id)).into(),
-                );
-            }
-        };
+        let spec = json_any(
+            req.spec.as_ref(),
+            &format!("exec {}: process spec", req.exec_id),
+        )?;
         let stdio = StdioPaths {
             stdin: req.stdin,
             stdout: req.stdout,
@@ -197,13 +207,10 @@ impl Task for Service {
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> Res<Empty> {
-        let resources: serde_json::Value = match req.resources.as_ref() {
-            Some(any) => serde_json::from_slice(&any.value)
-                .map_err(|e| TaskError::invalid(format!("update {}: resources: {e}", req.id)))?,
-            None => {
-                return Err(TaskError::invalid(format!("update {}: no resources", req.id)).into());
-            }
-        };
+        let resources = json_any(
+            req.resources.as_ref(),
+            &format!("update {}: resources", req.id),
+        )?;
         log_err(
             "update",
             &req.id,

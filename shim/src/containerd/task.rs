@@ -34,7 +34,7 @@ use crate::runtime::boot::{Booted, boot_vm, check_file, make_vm_dir};
 use crate::runtime::bundle::{Bundle, guest_mounts, write_guest_files};
 use crate::runtime::config::{HuskConfig, sizing};
 use crate::runtime::hooks::{self, HookKind};
-use crate::runtime::state::{check_id, start_time};
+use crate::runtime::state::{check_id, short_name, start_time};
 
 /// A container and its processes.
 #[derive(Debug)]
@@ -112,6 +112,10 @@ pub struct Timings {
     pub delete_ms: f64,
 }
 
+/// Most TaskOOM events one VM may cause per second; the guest decides how
+/// many it reports.
+const OOM_EVENTS_PER_SECOND: u32 = 10;
+
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -149,11 +153,7 @@ pub struct CreateArgs {
 /// The task directory of `id` in `namespace` below `root`: short, so the
 /// VM's sockets fit in sun_path whatever the ID's length.
 pub fn task_dir(root: &Path, namespace: &str, id: &str) -> PathBuf {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([b'/']).chain(id.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    root.join(format!("{h:016x}"))
+    root.join(short_name(&format!("{namespace}/{id}")))
 }
 
 /// Undoes a half-done create when dropped.
@@ -356,8 +356,15 @@ impl Tasks {
                     vm,
                     mut client,
                     spawned: s,
+                    rebooted,
                 } = booted;
                 spawned = s;
+                if rebooted {
+                    log::warn!(
+                        "{}: the VM's vsock never answered: booted a new VM",
+                        args.id
+                    );
+                }
                 record.vm_processes = vm
                     .pids()
                     .into_iter()
@@ -480,22 +487,44 @@ impl Tasks {
             }
         });
         let me = Arc::clone(self);
-        let vsock = c.sandbox.vsock.clone();
+        let vm = Arc::clone(&c.sandbox);
         let _ = std::thread::Builder::new()
             .name("oom".into())
-            .spawn(move || {
-                let mut after = 0;
-                let Ok(mut client) = AgentClient::connect(&vsock) else {
-                    return;
-                };
-                // Ends when the VM does.
-                while let Ok(Reply::OomEvent(e)) = client.call(Call::WaitOomEvent { after }) {
-                    after = e.seq;
-                    let mut ev = TaskOOM::new();
-                    ev.container_id = e.container_id;
-                    me.events.send(TASK_OOM_EVENT_TOPIC, ev);
-                }
-            });
+            .spawn(move || me.relay_oom_events(&vm));
+    }
+
+    /// Publishes the OOM kills the guest of `vm` reports, for its own
+    /// containers only, at most [`OOM_EVENTS_PER_SECOND`]. Ends with the VM.
+    fn relay_oom_events(&self, vm: &Arc<Sandbox>) {
+        let Ok(mut client) = AgentClient::connect(&vm.vsock) else {
+            return;
+        };
+        let mut after = 0;
+        let mut window = (Instant::now(), 0u32);
+        while let Ok(Reply::OomEvent(e)) = client.call(Call::WaitOomEvent { after }) {
+            if e.seq <= after {
+                log::warn!("the guest's OOM events went backwards: stopped listening");
+                return;
+            }
+            after = e.seq;
+            let ours = self
+                .table()
+                .get(&e.container_id)
+                .is_some_and(|c| Arc::ptr_eq(&c.sandbox, vm));
+            if !ours {
+                continue;
+            }
+            if window.0.elapsed() >= std::time::Duration::from_secs(1) {
+                window = (Instant::now(), 0);
+            }
+            window.1 += 1;
+            if window.1 > OOM_EVENTS_PER_SECOND {
+                continue;
+            }
+            let mut ev = TaskOOM::new();
+            ev.container_id = e.container_id;
+            self.events.send(TASK_OOM_EVENT_TOPIC, ev);
+        }
     }
 
     /// Records an exit and publishes TaskExit (once).

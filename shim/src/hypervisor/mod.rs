@@ -246,21 +246,24 @@ impl Vm {
             .collect()
     }
 
-    /// Waits (at most `limit`) for the VMM to exit; true if it did.
+    /// Waits (at most `limit`; zero: only looks) for the VMM to exit; true
+    /// if it did.
     pub fn wait_exit(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let Some(vmm) = self.vmm.as_mut() else {
             return true;
         };
-        while Instant::now() < deadline {
+        loop {
             if let Ok(Some(_)) = vmm.try_wait() {
                 self.vmm = None;
                 self.stop_helpers();
                 return true;
             }
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        false
     }
 
     fn stop_helpers(&mut self) {

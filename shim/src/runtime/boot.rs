@@ -83,6 +83,8 @@ pub struct Booted {
     pub client: AgentClient,
     /// When the VM's processes had been spawned (from the start of boot).
     pub spawned: Duration,
+    /// A first VM's vsock never answered and this is a second one.
+    pub rebooted: bool,
 }
 
 /// Boots `spec` with its sockets in `dir` and connects to its agent. A VM
@@ -101,6 +103,7 @@ pub fn boot_vm(backend: Backend, dir: &Path, spec: &VmSpec) -> Result<Booted, Bo
                     vm,
                     client,
                     spawned,
+                    rebooted: attempt > 1,
                 });
             }
             Err(AgentError::NoAnswer { .. }) if attempt == 1 => {

@@ -207,7 +207,14 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         vm,
         mut client,
         spawned,
+        rebooted,
     } = boot_vm(size.hypervisor.resolve(), &vm_dir, &vm_spec)?;
+    if rebooted {
+        log::debug(
+            "the VM's vsock never answered: booted a new VM",
+            serde_json::json!({ "id": id }),
+        );
+    }
     let t_spawned = t_image + spawned;
     let vm_processes: Vec<(i32, u64)> = vm
         .pids()

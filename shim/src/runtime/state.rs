@@ -131,6 +131,17 @@ pub fn check_id(id: &str) -> Result<(), StateError> {
     }
 }
 
+/// A short, stable file name for `key` (16 hex digits of its FNV-1a hash,
+/// which unlike std's hasher does not change between builds), for
+/// directories that hold Unix sockets and so must keep paths short.
+pub fn short_name(key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Start time of process `pid` (field 22 of `/proc/PID/stat`), if it lives.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -213,12 +224,7 @@ impl Store {
     /// so it is short (`ROOT/.vm/HASH`), whatever the length of the ID
     /// (podman's and containerd's are 64 characters).
     pub fn vm_dir(&self, id: &str) -> PathBuf {
-        // FNV-1a: stable across builds, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in id.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.root.join(".vm").join(format!("{h:016x}"))
+        self.root.join(".vm").join(short_name(id))
     }
 
     /// Claims `id`: creates its directory; fails if it exists.
