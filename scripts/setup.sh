@@ -12,6 +12,8 @@ pkgs=(
     e2fsprogs erofs-utils                                              # container root file system images
     libseccomp-dev pkg-config                                          # seccomp in the static agent
     podman runc crun containerd                                        # real OCI clients and peer runtimes
+    containernetworking-plugins                                        # CNI plugins for containerd's CRI
+    protobuf-compiler                                                  # CRI test client (k8s-cri's build)
 )
 missing=()
 for p in "${pkgs[@]}"; do

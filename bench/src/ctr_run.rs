@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use husk_bench::{comm, median, mib, pss_kib, report, tree};
+use husk_bench::{median, mib, report, shim_timings, shim_trees_pss};
 use integration_tests::cli::text;
 use integration_tests::shim::{RUNTIME, ShimEnv};
 
@@ -33,56 +33,6 @@ fn run_once(env: &ShimEnv, runtime: &str, id: &str) -> Result<f64, String> {
             text(&out.stderr).lines().last().unwrap_or("").trim()
         ))
     }
-}
-
-/// The `task timings` the shim logged, by task ID.
-fn timings(env: &ShimEnv) -> Vec<(String, serde_json::Value)> {
-    let log =
-        std::fs::read_to_string(env.containerd.dir().join("containerd.log")).unwrap_or_default();
-    log.lines()
-        .filter_map(|l| {
-            let start = l.find("task timings ")? + "task timings ".len();
-            let rest = &l[start..];
-            let end = rest.rfind('}')? + 1;
-            let json = rest[..end].replace("\\\"", "\"");
-            let v: serde_json::Value = serde_json::from_str(&json).ok()?;
-            Some((v["id"].as_str()?.to_string(), v["timings"].clone()))
-        })
-        .collect()
-}
-
-/// PSS (KiB) of the shim process trees serving `ids`, and the processes.
-fn idle_pss(env: &ShimEnv, shim_name: &str, ids: &[String]) -> (u64, Vec<(String, u64)>) {
-    let mut total = 0;
-    let mut by_name: std::collections::BTreeMap<String, u64> = Default::default();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.first().is_some_and(|a| a.ends_with(shim_name)) {
-            continue;
-        }
-        let ns = args
-            .windows(2)
-            .any(|w| w[0] == "-namespace" && w[1] == env.containerd.namespace());
-        let ours = args
-            .windows(2)
-            .any(|w| w[0] == "-id" && ids.contains(&w[1]));
-        if !(ns && ours) {
-            continue;
-        }
-        for p in tree(pid) {
-            let (pss, _) = pss_kib(p);
-            total += pss;
-            *by_name.entry(comm(p)).or_default() += pss;
-        }
-    }
-    (total, by_name.into_iter().collect())
 }
 
 fn idle_tasks(env: &ShimEnv, runtime: &str, prefix: &str, n: usize) -> Result<Vec<String>, String> {
@@ -142,7 +92,7 @@ fn main() {
     if let (Some(h), Some(r)) = (h, r) {
         println!("ratio husk/runc: {:.2}x", h / r);
     }
-    let t: Vec<serde_json::Value> = timings(&env)
+    let t: Vec<serde_json::Value> = shim_timings(env.containerd.dir())
         .into_iter()
         .filter(|(id, _)| id.starts_with("b-husk-"))
         .map(|(_, t)| t)
@@ -208,7 +158,7 @@ fn main() {
     ] {
         match idle_tasks(&env, runtime, &format!("idle-{name}"), idle) {
             Ok(ids) => {
-                let (total, parts) = idle_pss(&env, shim, &ids);
+                let (total, parts) = shim_trees_pss(env.containerd.namespace(), shim, &ids);
                 let per = mib(total) / ids.len() as f64;
                 let detail: Vec<String> = parts
                     .iter()
@@ -220,7 +170,5 @@ fn main() {
             Err(e) => println!("  {name}: failed: {e}"),
         }
     }
-    println!(
-        "CRI (RunPodSandbox + Create + Start): not implemented: the CRI path is not wired yet"
-    );
+    println!("CRI pods: see bench-cri-run");
 }

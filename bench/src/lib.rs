@@ -93,3 +93,63 @@ pub fn comm(pid: i32) -> String {
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
+
+/// PSS (KiB) of the trees of the containerd shims named `shim_name`
+/// serving `ids` (their `-id`) in containerd namespace `namespace`, and
+/// that total by process name, with the guest memory the VMMs touched
+/// (their memfd mappings) as "guest RAM".
+pub fn shim_trees_pss(
+    namespace: &str,
+    shim_name: &str,
+    ids: &[String],
+) -> (u64, Vec<(String, u64)>) {
+    let mut total = 0;
+    let mut by_name: std::collections::BTreeMap<String, u64> = Default::default();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with(shim_name)) {
+            continue;
+        }
+        let ns = args
+            .windows(2)
+            .any(|w| w[0] == "-namespace" && w[1] == namespace);
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == "-id" && ids.contains(&w[1]));
+        if !(ns && ours) {
+            continue;
+        }
+        for p in tree(pid) {
+            let (pss, guest) = pss_kib(p);
+            total += pss;
+            *by_name.entry(comm(p)).or_default() += pss - guest;
+            if guest > 0 {
+                *by_name.entry("guest RAM".into()).or_default() += guest;
+            }
+        }
+    }
+    (total, by_name.into_iter().collect())
+}
+
+/// The `task timings` lines the husk shim logged into the containerd log
+/// of the daemon whose directory is `containerd_dir`: (task ID, timings).
+pub fn shim_timings(containerd_dir: &std::path::Path) -> Vec<(String, serde_json::Value)> {
+    let log = std::fs::read_to_string(containerd_dir.join("containerd.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| {
+            let start = l.find("task timings ")? + "task timings ".len();
+            let rest = &l[start..];
+            let end = rest.rfind('}')? + 1;
+            let json = rest[..end].replace("\\\"", "\"");
+            let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+            Some((v["id"].as_str()?.to_string(), v["timings"].clone()))
+        })
+        .collect()
+}

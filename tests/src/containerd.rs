@@ -5,14 +5,18 @@
 //!
 //! What containerd still puts outside the directory: the runc shim's state
 //! under `/run/containerd/runc/<namespace>` and shim sockets under
-//! `/run/containerd/s/`; the namespace is unique to the test.
+//! `/run/containerd/s/`; the namespace is unique to the test, except with
+//! the CRI plugin, which serves only `k8s.io`.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::host::TempDir;
-use crate::podman::{IMAGE, busybox_oci_archive};
+use crate::image::{IMAGE, PAUSE_IMAGE, busybox_oci_archive, cri_oci_archive};
+
+/// The CRI runtime handler that selects the husk shim.
+pub const CRI_HANDLER: &str = "husk";
 
 /// A running private containerd; stopped (tasks and containers of its
 /// namespace removed first) on drop.
@@ -28,18 +32,52 @@ impl Containerd {
     /// and their runtimes inherit it) and imports the busybox image as
     /// [`IMAGE`]. Panics naming the step that failed.
     pub fn start(name: &str, env: &[(&str, &Path)]) -> Containerd {
+        Containerd::launch(name, env, false)
+    }
+
+    /// Like [`Containerd::start`], with the CRI plugin serving on the same
+    /// socket: runtime handlers `runc` (the default) and [`CRI_HANDLER`],
+    /// sandbox image [`PAUSE_IMAGE`], CNI from Debian's plugins with a
+    /// configuration directory of its own (empty: pods use the node's
+    /// network). `ctr` then works in `k8s.io`, the CRI's namespace.
+    pub fn start_cri(name: &str, env: &[(&str, &Path)]) -> Containerd {
+        Containerd::launch(name, env, true)
+    }
+
+    fn launch(name: &str, env: &[(&str, &Path)], cri: bool) -> Containerd {
         let dir = TempDir::new(&format!("containerd-{name}"));
-        for d in ["root", "state", "opt", "image"] {
+        for d in ["root", "state", "opt", "image", "cni"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
+        // Top-level keys first: TOML puts anything after a table header
+        // into that table.
+        let (top, plugins) = if cri {
+            let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+            let tables = format!(
+                "[{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  \
+                 restrict_oom_score_adj = true\n\
+                 [{cri}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{cni}\"\n\
+                 [{cri}.containerd]\n  default_runtime_name = \"runc\"\n\
+                 [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [{cri}.containerd.runtimes.{CRI_HANDLER}]\n  \
+                 runtime_type = \"{runtime}\"\n",
+                cni = dir.join("cni").display(),
+                runtime = crate::shim::RUNTIME,
+            );
+            (String::new(), tables)
+        } else {
+            let off = "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n";
+            (off.to_string(), String::new())
+        };
         let config = format!(
             "version = 2\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             {top}\
              [grpc]\n  address = \"{sock}\"\n\
              [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n\
+             {plugins}",
             root = dir.join("root").display(),
             state = dir.join("state").display(),
             sock = dir.join("containerd.sock").display(),
@@ -59,7 +97,11 @@ impl Containerd {
         let daemon = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start containerd (apt-get install containerd): {e}")
         });
-        let namespace = format!("husk-test-{}-{name}", std::process::id());
+        let namespace = if cri {
+            "k8s.io".to_string()
+        } else {
+            format!("husk-test-{}-{name}", std::process::id())
+        };
         let c = Containerd {
             dir,
             daemon,
@@ -74,7 +116,11 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let archive = busybox_oci_archive(&c.dir.join("image"));
+        let archive = if cri {
+            cri_oci_archive(&c.dir.join("image"))
+        } else {
+            busybox_oci_archive(&c.dir.join("image"))
+        };
         let out = c.ctr(&["image", "import", archive.to_str().unwrap()]);
         assert!(
             out.status.success(),
@@ -105,6 +151,11 @@ impl Containerd {
     /// The namespace the tests use.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Its gRPC socket (containerd's API and, when enabled, the CRI).
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("containerd.sock")
     }
 
     /// Its scratch directory (config, root, state, sockets).

@@ -6,8 +6,10 @@
 pub mod agent;
 pub mod cli;
 pub mod containerd;
+pub mod cri;
 pub mod guest;
 pub mod host;
+pub mod image;
 pub mod initramfs;
 pub mod linux;
 pub mod netns;

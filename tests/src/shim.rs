@@ -25,20 +25,32 @@ pub struct ShimEnv {
 impl ShimEnv {
     /// Starts containerd with the shim on its `PATH`.
     pub fn start(name: &str) -> ShimEnv {
+        ShimEnv::launch(name, false)
+    }
+
+    /// Like [`ShimEnv::start`], with containerd's CRI plugin serving the
+    /// `husk` runtime handler (see [`Containerd::start_cri`]).
+    pub fn start_cri(name: &str) -> ShimEnv {
+        ShimEnv::launch(name, true)
+    }
+
+    fn launch(name: &str, cri: bool) -> ShimEnv {
         let husk = Husk::new(name);
         let path = format!(
             "{}:{}",
             bin_dir().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let containerd = Containerd::start(
-            name,
-            &[
-                ("PATH", Path::new(&path)),
-                ("HUSK_CONFIG", husk.config.as_path()),
-                ("HUSK_ROOT", husk.root.as_path()),
-            ],
-        );
+        let env = [
+            ("PATH", Path::new(&path)),
+            ("HUSK_CONFIG", husk.config.as_path()),
+            ("HUSK_ROOT", husk.root.as_path()),
+        ];
+        let containerd = if cri {
+            Containerd::start_cri(name, &env)
+        } else {
+            Containerd::start(name, &env)
+        };
         ShimEnv { containerd, husk }
     }
 
