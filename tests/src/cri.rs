@@ -116,9 +116,7 @@ impl Cri {
             verbose: false,
         };
         let r = self.rt.block_on(self.runtime.pod_sandbox_status(req))?;
-        r.into_inner()
-            .status
-            .ok_or_else(|| missing("a pod status"))
+        r.into_inner().status.ok_or_else(|| missing("a pod status"))
     }
 
     /// `StopPodSandbox`.
@@ -199,9 +197,7 @@ impl Cri {
             container_id: id.into(),
         };
         let r = self.rt.block_on(self.runtime.container_stats(req))?;
-        r.into_inner()
-            .stats
-            .ok_or_else(|| missing("stats"))
+        r.into_inner().stats.ok_or_else(|| missing("stats"))
     }
 
     /// `UpdateContainerResources` with new Linux limits.
