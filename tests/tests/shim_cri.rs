@@ -268,3 +268,50 @@ fn cri_refuses_what_it_cannot_run_and_leaves_nothing() {
     cri.remove_pod(&pod).expect("RemovePodSandbox");
     env.assert_clean();
 }
+
+#[test]
+fn a_pod_whose_vm_dies_ends_its_containers_and_cleans_up() {
+    let env = ShimEnv::start_cri("shim-cri-kill");
+    let mut cri = Cri::connect(&env.containerd.socket());
+    let logs = env.husk.dir.join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod_cfg = pod_config("doomed", &logs);
+    let pod = cri.run_pod(&pod_cfg, CRI_HANDLER).expect("RunPodSandbox");
+    let c = cri
+        .create_container(
+            &pod,
+            &pod_cfg,
+            container_config("c", IMAGE, &["sleep", "1000"]),
+        )
+        .expect("CreateContainer");
+    cri.start_container(&c).expect("StartContainer");
+    wait_state(&mut cri, &c, api::ContainerState::ContainerRunning);
+
+    // The PID a husk task reports is its VMM's.
+    let line = env.task_line(&pod).expect("the sandbox task");
+    let vmm: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap_or_default();
+    assert!(comm.starts_with("qemu-system"), "{line}: {comm}");
+    // SAFETY: kill(2) with a PID just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
+
+    // The container ends with a failure status and the pod is not ready.
+    let s = wait_state(&mut cri, &c, api::ContainerState::ContainerExited);
+    assert_ne!(s.exit_code, 0, "{s:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cri.pod_status(&pod).expect("PodSandboxStatus").state
+        != api::PodSandboxState::SandboxNotready as i32
+    {
+        assert!(std::time::Instant::now() < deadline, "the pod stays ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A new container in the dead pod is refused.
+    let e = cri
+        .create_container(&pod, &pod_cfg, container_config("late", IMAGE, &["true"]))
+        .and_then(|id| cri.start_container(&id).map(|()| id))
+        .expect_err("a container in a dead pod");
+    assert!(!e.message().is_empty());
+    cri.stop_pod(&pod).expect("StopPodSandbox");
+    cri.remove_pod(&pod).expect("RemovePodSandbox");
+    env.assert_clean();
+}

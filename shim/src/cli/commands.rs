@@ -9,7 +9,7 @@ use protocol::{Call, Reply};
 use super::CliError;
 use super::console::OwnConsole;
 use super::exec::{check_preserve_fds, exec, spawn_monitor, status_of, write_pid_file};
-use crate::agent::AgentClient;
+use crate::agent::{AgentClient, AgentError};
 use crate::runtime::hooks::{self, HookKind};
 use crate::runtime::state::{ContainerState, StateError, Status, Store, start_time};
 
@@ -310,13 +310,39 @@ fn parse_signal(s: &str) -> Result<i32, CliError> {
 
 fn kill(store: &Store, args: &Kill) -> Result<(), CliError> {
     let signal = parse_signal(&args.signal)?;
-    let (_, mut c) = connect(store, &args.container_id)?;
-    c.call_empty(Call::SignalContainer {
-        id: args.container_id.clone(),
+    let id = &args.container_id;
+    let (_, mut c) = connect(store, id)?;
+    let sent = c.call_empty(Call::SignalContainer {
+        id: id.clone(),
         signal,
         all: args.all,
-    })?;
-    Ok(())
+    });
+    match sent {
+        Ok(()) => Ok(()),
+        // The signal can end the container, and its VM with it, before
+        // the agent's answer leaves the guest: the connection closes, and
+        // the kill did what it was asked.
+        Err(AgentError::Codec(_) | AgentError::Io(_)) if stopped_within(store, id, KILL_SETTLE) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How long `kill` waits for a container whose agent connection closed
+/// to be recorded as stopped.
+const KILL_SETTLE: Duration = Duration::from_secs(5);
+
+/// Whether container `id` is (or within `limit` becomes) stopped.
+fn stopped_within(store: &Store, id: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match store.load(id) {
+            Ok(s) if s.live_status() == Status::Stopped => return true,
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return false,
+        }
+    }
 }
 
 fn freeze(store: &Store, id: &str, pause: bool) -> Result<(), CliError> {
