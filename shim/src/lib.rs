@@ -6,5 +6,6 @@ pub mod agent;
 pub mod cli;
 pub mod containerd;
 pub mod hypervisor;
+pub mod network;
 pub mod rootfs;
 pub mod runtime;

@@ -109,3 +109,95 @@ impl Drop for TapNamespace {
         let _ = ip(&["route", "del", "unreachable", &self.subnet]);
     }
 }
+
+/// A container-like network namespace as the CNI bridge plugin leaves it:
+/// `eth0` (a veth, fixed MAC, 10.214.<n>.2/24, MTU 1400, default route via
+/// .1) whose peer `peer0` sits in a second namespace with 10.214.<n>.1/24.
+/// The subnet is guarded in the root namespace; both namespaces go on drop.
+#[derive(Debug)]
+pub struct VethNamespace {
+    /// The container's namespace.
+    pub ns: String,
+    /// The peer's namespace.
+    pub peer_ns: String,
+    /// The container's address.
+    pub ip: String,
+    /// The peer's address (the container's gateway).
+    pub peer_ip: String,
+    /// The container interface's MAC.
+    pub mac: String,
+    subnet: String,
+}
+
+impl VethNamespace {
+    /// Creates the pair of namespaces for test `tag`.
+    pub fn new(tag: &str) -> VethNamespace {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n =
+            (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
+        let ns = format!("husk-{tag}-{}-{n}", std::process::id());
+        let peer_ns = format!("{ns}-p");
+        let subnet = format!("10.214.{n}.0/24");
+        let this = VethNamespace {
+            ns: ns.clone(),
+            peer_ns: peer_ns.clone(),
+            ip: format!("10.214.{n}.2"),
+            peer_ip: format!("10.214.{n}.1"),
+            mac: format!("02:68:75:73:6b:{n:02x}"),
+            subnet: subnet.clone(),
+        };
+        // Guard first, so a half-built set-up never routes outside.
+        let _ = ip(&["route", "add", "unreachable", &subnet]);
+        let addr = format!("{}/24", this.ip);
+        let peer_addr = format!("{}/24", this.peer_ip);
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &ns],
+            vec!["netns", "add", &peer_ns],
+            vec!["-n", &ns, "link", "set", "lo", "up"],
+            vec![
+                "-n", &ns, "link", "add", "eth0", "address", &this.mac, "mtu", "1400", "type",
+                "veth", "peer", "name", "peer0", "netns", &peer_ns,
+            ],
+            vec!["-n", &ns, "addr", "add", &addr, "dev", "eth0"],
+            vec!["-n", &ns, "link", "set", "eth0", "up"],
+            vec!["-n", &ns, "route", "add", "default", "via", &this.peer_ip],
+            vec!["-n", &peer_ns, "addr", "add", &peer_addr, "dev", "peer0"],
+            vec!["-n", &peer_ns, "link", "set", "peer0", "mtu", "1400", "up"],
+        ];
+        for s in steps {
+            ip(&s).unwrap_or_else(|e| panic!("network set-up failed: {e}"));
+        }
+        this
+    }
+
+    /// The container namespace's path.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/run/netns").join(&self.ns)
+    }
+
+    /// `ip -n NS ARGS` in the container's namespace; its output.
+    pub fn ip_in(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command run inside the peer's namespace.
+    pub fn peer_command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.peer_ns, program]);
+        c
+    }
+}
+
+impl Drop for VethNamespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.ns]);
+        let _ = ip(&["netns", "del", &self.peer_ns]);
+        let _ = ip(&["route", "del", "unreachable", &self.subnet]);
+    }
+}

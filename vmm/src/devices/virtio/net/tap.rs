@@ -77,8 +77,12 @@ impl Tap {
             return Err(TapError::Name(name.to_string()));
         }
         // TUNSETIFF would create a missing interface: only attach to one
-        // that exists in this network namespace.
-        if !std::path::Path::new("/sys/class/net").join(name).exists() {
+        // that exists in this thread's network namespace (asked of the
+        // kernel: /sys/class/net shows the namespace sysfs was mounted in).
+        let c_name = std::ffi::CString::new(name).map_err(|_| TapError::Name(name.to_string()))?;
+        // SAFETY: if_nametoindex reads the NUL-terminated string, which
+        // outlives the call.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
             return Err(TapError::Missing(name.to_string()));
         }
         let file = OpenOptions::new()
