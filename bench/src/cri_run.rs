@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use husk_bench::{median, mib, report, shim_timings, shim_trees_pss};
+use husk_bench::{median, print_idle_memory, report, shim_timings};
 use integration_tests::containerd::CRI_HANDLER;
 use integration_tests::cri::{Cri, container_config, pod_config};
 use integration_tests::image::IMAGE;
@@ -138,13 +138,7 @@ fn main() {
             None => {
                 // Let the guests settle.
                 std::thread::sleep(Duration::from_secs(3));
-                let (total, parts) = shim_trees_pss(env.containerd.namespace(), shim, &pods);
-                let per = mib(total) / pods.len() as f64;
-                let detail: Vec<String> = parts
-                    .iter()
-                    .map(|(n, k)| format!("{n} {:.1}", mib(*k) / pods.len() as f64))
-                    .collect();
-                println!("  {name}: {per:>7.1} MiB per pod ({})", detail.join(", "));
+                print_idle_memory(name, "pod", env.containerd.namespace(), shim, &pods);
             }
             Some(e) => println!("  {name}: failed: {e}"),
         }

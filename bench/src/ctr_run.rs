@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use husk_bench::{median, mib, report, shim_timings, shim_trees_pss};
+use husk_bench::{median, print_idle_memory, report, shim_timings};
 use integration_tests::cli::text;
 use integration_tests::shim::{RUNTIME, ShimEnv};
 
@@ -158,13 +158,7 @@ fn main() {
     ] {
         match idle_tasks(&env, runtime, &format!("idle-{name}"), idle) {
             Ok(ids) => {
-                let (total, parts) = shim_trees_pss(env.containerd.namespace(), shim, &ids);
-                let per = mib(total) / ids.len() as f64;
-                let detail: Vec<String> = parts
-                    .iter()
-                    .map(|(n, k)| format!("{n} {:.1}", mib(*k) / ids.len() as f64))
-                    .collect();
-                println!("  {name}: {per:>7.1} MiB per task ({})", detail.join(", "));
+                print_idle_memory(name, "task", env.containerd.namespace(), shim, &ids);
                 remove_tasks(&env, &ids);
             }
             Err(e) => println!("  {name}: failed: {e}"),

@@ -153,3 +153,19 @@ pub fn shim_timings(containerd_dir: &std::path::Path) -> Vec<(String, serde_json
         })
         .collect()
 }
+
+/// Prints one line of idle memory for `name`: the PSS of the shim trees
+/// serving `ids`, per `unit` (task, pod), with the share of each process.
+pub fn print_idle_memory(name: &str, unit: &str, namespace: &str, shim: &str, ids: &[String]) {
+    let (total, parts) = shim_trees_pss(namespace, shim, ids);
+    let n = ids.len().max(1) as f64;
+    let detail: Vec<String> = parts
+        .iter()
+        .map(|(p, k)| format!("{p} {:.1}", mib(*k) / n))
+        .collect();
+    println!(
+        "  {name}: {:>7.1} MiB per {unit} ({})",
+        mib(total) / n,
+        detail.join(", ")
+    );
+}

@@ -17,22 +17,31 @@ fn exec(cri: &mut Cri, id: &str, cmd: &[&str]) -> (i32, String, String) {
     (r.exit_code, text(&r.stdout), text(&r.stderr))
 }
 
-/// Waits until container `id` reaches `state`; returns its status.
-fn wait_state(cri: &mut Cri, id: &str, state: api::ContainerState) -> api::ContainerStatus {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+/// Polls `check` every 100 ms until it gives a value; panics with
+/// `what()` after `secs` seconds.
+fn wait_for<T>(secs: u64, mut check: impl FnMut() -> Option<T>, what: impl Fn() -> String) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
-        let s = cri
-            .container_status(id)
-            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"));
-        if s.state == state as i32 {
-            return s;
+        if let Some(v) = check() {
+            return v;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "container {id} never reached {state:?}: {s:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "{}", what());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Waits until container `id` reaches `state`; returns its status.
+fn wait_state(cri: &mut Cri, id: &str, state: api::ContainerState) -> api::ContainerStatus {
+    wait_for(
+        60,
+        || {
+            let s = cri
+                .container_status(id)
+                .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"));
+            (s.state == state as i32).then_some(s)
+        },
+        || format!("container {id} never reached {state:?}"),
+    )
 }
 
 #[test]
@@ -111,21 +120,14 @@ fn a_cri_pod_runs_its_containers_in_one_vm() {
 
     // Container output reaches the CRI log files.
     let log_has = |name: &str, what: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
-            if log
-                .lines()
-                .any(|l| l.contains(" stdout F ") && l.ends_with(what))
-            {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name}.log lacks {what:?}: {log:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let file = logs.join(format!("{name}.log"));
+        let read = || std::fs::read_to_string(&file).unwrap_or_default();
+        let found = |l: &str| l.contains(" stdout F ") && l.ends_with(what);
+        wait_for(
+            20,
+            || read().lines().any(found).then_some(()),
+            || format!("{name}.log lacks {what:?}: {:?}", read()),
+        );
     };
     log_has("a", "hello from a");
     log_has("b", "hello from b");
@@ -204,14 +206,11 @@ fn a_cri_pod_runs_its_containers_in_one_vm() {
     cri.remove_pod(&pod).expect("RemovePodSandbox");
     assert!(cri.pod_ids().expect("ListPodSandbox").is_empty());
     env.assert_clean();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !env.shim_pids(&pod).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod's shim stayed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for(
+        20,
+        || env.shim_pids(&pod).is_empty().then_some(()),
+        || "the pod's shim stayed".into(),
+    );
 }
 
 #[test]
@@ -298,13 +297,12 @@ fn a_pod_whose_vm_dies_ends_its_containers_and_cleans_up() {
     // The container ends with a failure status and the pod is not ready.
     let s = wait_state(&mut cri, &c, api::ContainerState::ContainerExited);
     assert_ne!(s.exit_code, 0, "{s:?}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while cri.pod_status(&pod).expect("PodSandboxStatus").state
-        != api::PodSandboxState::SandboxNotready as i32
-    {
-        assert!(std::time::Instant::now() < deadline, "the pod stays ready");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let not_ready = api::PodSandboxState::SandboxNotready as i32;
+    wait_for(
+        30,
+        || (cri.pod_status(&pod).expect("PodSandboxStatus").state == not_ready).then_some(()),
+        || "the pod stays ready".into(),
+    );
     // A new container in the dead pod is refused.
     let e = cri
         .create_container(&pod, &pod_cfg, container_config("late", IMAGE, &["true"]))
