@@ -23,6 +23,12 @@ pub const TAP_PREFIX: &str = "husk-tap";
 /// Most interfaces one container may have.
 pub const MAX_INTERFACES: usize = 8;
 
+/// Most addresses one interface may have.
+pub const MAX_ADDRESSES: usize = 16;
+
+/// Most routes (per address family) the guest copies.
+pub const MAX_ROUTES: usize = 64;
+
 /// Errors of network set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -137,9 +143,10 @@ fn check_namespace(netns: &Path) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Reads the interfaces (Ethernet ones not made by husk) and routes of the
-/// namespace at `netns`. A namespace with loopback only gives an empty
-/// configuration.
+/// Reads the interfaces (Ethernet ones not made by husk, at most
+/// [`MAX_INTERFACES`] with [`MAX_ADDRESSES`] each) and routes (at most
+/// [`MAX_ROUTES`] per family) of the namespace at `netns`; more is refused.
+/// A namespace with loopback only gives an empty configuration.
 pub fn discover(netns: &Path) -> Result<NetworkConfig, NetworkError> {
     check_namespace(netns)?;
     let links = run_in(netns, "ip", &["-j", "addr", "show"])?;
@@ -183,6 +190,9 @@ pub fn parse_addresses(json: &str) -> Result<Vec<Interface>, NetworkError> {
         for a in link["addr_info"].as_array().into_iter().flatten() {
             if a["scope"].as_str() != Some("global") {
                 continue;
+            }
+            if addresses.len() == MAX_ADDRESSES {
+                return Err(bad(&format!("{name}: more than {MAX_ADDRESSES} addresses")));
             }
             let ip = a["local"]
                 .as_str()
@@ -235,6 +245,12 @@ pub fn parse_routes(json: &str, interfaces: &[Interface]) -> Result<Vec<Route>, 
         let destination = r["dst"]
             .as_str()
             .ok_or_else(|| bad("a route without dst"))?;
+        if !is_destination(destination) {
+            return Err(bad(&format!("destination {destination:?}")));
+        }
+        if routes.len() == MAX_ROUTES {
+            return Err(bad(&format!("more than {MAX_ROUTES} routes")));
+        }
         let gateway = match r["gateway"].as_str() {
             Some(g) => Some(g.parse().map_err(|_| bad(&format!("gateway {g:?}")))?),
             None => None,
@@ -246,6 +262,19 @@ pub fn parse_routes(json: &str, interfaces: &[Interface]) -> Result<Vec<Route>, 
         });
     }
     Ok(routes)
+}
+
+/// `default`, an address, or an address with a prefix length that fits it.
+fn is_destination(s: &str) -> bool {
+    if s == "default" {
+        return true;
+    }
+    let (addr, len) = s.split_once('/').unwrap_or((s, "0"));
+    match (addr.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+        _ => false,
+    }
 }
 
 /// Creates TAP `husk-tap<index>` in the namespace at `netns`, with the MTU
@@ -379,6 +408,27 @@ mod tests {
         let bad_gw = r#"[{"dst":"default","gateway":"nope","dev":"eth0"}]"#;
         let ifs = parse_addresses(ADDR).unwrap();
         assert!(parse_routes(bad_gw, &ifs).is_err());
+        let bad_dst = r#"[{"dst":"10.0.0.0/33","dev":"eth0"}]"#;
+        assert!(
+            parse_routes(bad_dst, &ifs)
+                .unwrap_err()
+                .to_string()
+                .contains("10.0.0.0/33")
+        );
+        let host = r#"[{"dst":"10.9.9.9","dev":"eth0"},{"dst":"fd00::/8","dev":"eth0"}]"#;
+        assert_eq!(parse_routes(host, &ifs).unwrap().len(), 2);
+        let routes: Vec<String> = (0..=MAX_ROUTES)
+            .map(|n| format!(r#"{{"dst":"10.{n}.0.0/16","dev":"eth0"}}"#))
+            .collect();
+        assert!(parse_routes(&format!("[{}]", routes.join(",")), &ifs).is_err());
+        let addrs: Vec<String> = (0..=MAX_ADDRESSES)
+            .map(|n| format!(r#"{{"local":"10.0.0.{n}","prefixlen":24,"scope":"global"}}"#))
+            .collect();
+        let many_addrs = format!(
+            r#"[{{"ifname":"eth0","link_type":"ether","address":"02:00:00:00:00:01","mtu":1500,"addr_info":[{}]}}]"#,
+            addrs.join(",")
+        );
+        assert!(parse_addresses(&many_addrs).is_err());
     }
 
     #[test]

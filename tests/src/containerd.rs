@@ -148,6 +148,13 @@ impl Containerd {
         self.command(args).output().expect("run ctr")
     }
 
+    /// `ctr task exec --exec-id EXEC_ID ID ARGS`; its output.
+    pub fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> Output {
+        let mut all = vec!["task", "exec", "--exec-id", exec_id, id];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+
     /// The namespace the tests use.
     pub fn namespace(&self) -> &str {
         &self.namespace

@@ -21,6 +21,19 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Picks a namespace name for test `tag` and a free-looking /24 in
+/// `10.<second>.0.0/16`, and guards that subnet with an `unreachable` route
+/// in the root namespace (first, so a half-built set-up never routes
+/// outside): (name, third octet, subnet).
+fn guarded_subnet(tag: &str, second: u8) -> (String, u32, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
+    let ns = format!("husk-{tag}-{}-{n}", std::process::id());
+    let subnet = format!("10.{second}.{n}.0/24");
+    let _ = ip(&["route", "add", "unreachable", &subnet]);
+    (ns, n, subnet)
+}
+
 /// A network namespace holding one TAP with an address.
 #[derive(Debug)]
 pub struct TapNamespace {
@@ -38,20 +51,14 @@ pub struct TapNamespace {
 impl TapNamespace {
     /// Creates `husk-<tag>-<pid>` with `tap0` at 10.213.<n>.1/24.
     pub fn new(tag: &str) -> TapNamespace {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n =
-            (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
-        let ns = format!("husk-{tag}-{}-{n}", std::process::id());
-        let subnet = format!("10.213.{n}.0/24");
+        let (ns, n, subnet) = guarded_subnet(tag, 213);
         let this = TapNamespace {
             ns: ns.clone(),
             tap: "tap0".into(),
             host_ip: format!("10.213.{n}.1"),
             guest_ip: format!("10.213.{n}.2"),
-            subnet: subnet.clone(),
+            subnet,
         };
-        // Guard first, so a half-built set-up never routes outside.
-        let _ = ip(&["route", "add", "unreachable", &subnet]);
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", &ns],
             vec!["-n", &ns, "link", "set", "lo", "up"],
@@ -132,22 +139,16 @@ pub struct VethNamespace {
 impl VethNamespace {
     /// Creates the pair of namespaces for test `tag`.
     pub fn new(tag: &str) -> VethNamespace {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n =
-            (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
-        let ns = format!("husk-{tag}-{}-{n}", std::process::id());
+        let (ns, n, subnet) = guarded_subnet(tag, 214);
         let peer_ns = format!("{ns}-p");
-        let subnet = format!("10.214.{n}.0/24");
         let this = VethNamespace {
             ns: ns.clone(),
             peer_ns: peer_ns.clone(),
             ip: format!("10.214.{n}.2"),
             peer_ip: format!("10.214.{n}.1"),
             mac: format!("02:68:75:73:6b:{n:02x}"),
-            subnet: subnet.clone(),
+            subnet,
         };
-        // Guard first, so a half-built set-up never routes outside.
-        let _ = ip(&["route", "add", "unreachable", &subnet]);
         let addr = format!("{}/24", this.ip);
         let peer_addr = format!("{}/24", this.peer_ip);
         let steps: Vec<Vec<&str>> = vec![

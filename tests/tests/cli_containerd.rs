@@ -52,16 +52,11 @@ fn containerds_runc_shim_drives_husk() {
         "1000",
     ]);
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
+    let out = c.exec(
         "d1",
-        "sh",
-        "-c",
-        "echo in $(cat /proc/1/comm); exit 3",
-    ]);
+        "e1",
+        &["sh", "-c", "echo in $(cat /proc/1/comm); exit 3"],
+    );
     assert_eq!(text(&out.stdout), "in sleep\n", "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(3));
     let out = c.ctr(&["task", "kill", "--signal", "SIGKILL", "d1"]);

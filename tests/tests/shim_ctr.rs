@@ -97,16 +97,11 @@ fn ctr_runs_tasks_in_microvms() {
     );
     assert!(out.status.success(), "run -d: {}", text(&out.stderr));
     env.wait_status("d1", "RUNNING");
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
+    let out = c.exec(
         "d1",
-        "sh",
-        "-c",
-        "echo in $(cat /proc/1/comm); exit 3",
-    ]);
+        "e1",
+        &["sh", "-c", "echo in $(cat /proc/1/comm); exit 3"],
+    );
     assert_eq!(text(&out.stdout), "in sh\n", "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(3));
     let out = c.ctr(&["task", "ps", "d1"]);
@@ -386,28 +381,12 @@ fn a_pods_containers_share_its_vm() {
     };
     assert_eq!(pid("pod1"), pid("c1"));
     // Each container has its own root and processes.
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        "c1",
-        "cat",
-        "/proc/1/comm",
-    ]);
+    let out = c.exec("c1", "e1", &["cat", "/proc/1/comm"]);
     assert_eq!(text(&out.stdout), "sleep\n", "{}", text(&out.stderr));
 
     // The member goes; the pod's VM stays until its sandbox goes.
     env.remove("c1");
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e2",
-        "pod1",
-        "cat",
-        "/dev/shm/x",
-    ]);
+    let out = c.exec("pod1", "e2", &["cat", "/dev/shm/x"]);
     assert_eq!(text(&out.stdout), "from-sandbox\n", "{}", text(&out.stderr));
     env.remove("pod1");
     env.assert_clean();
