@@ -9,6 +9,7 @@
 mod cgroup;
 mod container;
 mod init;
+mod network;
 mod reaper;
 mod sandbox;
 mod server;

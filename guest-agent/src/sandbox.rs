@@ -1,4 +1,4 @@
-//! Guest-wide settings of a sandbox (pod): host name, DNS, sysctls.
+//! Guest-wide settings of a sandbox (pod): host name, DNS, sysctls, network.
 
 use protocol::{ErrorCode, ErrorReply, GuestStats, SandboxConfig};
 
@@ -72,6 +72,9 @@ pub fn create(cfg: &SandboxConfig) -> Result<(), ErrorReply> {
     if cfg.sysctls.len() > 256 {
         return Err(err(ErrorCode::InvalidArgument, "too many sysctls"));
     }
+    cfg.network
+        .validate()
+        .map_err(|e| err(ErrorCode::InvalidArgument, format!("network: {e}")))?;
     if !cfg.hostname.is_empty() {
         crate::init::set_hostname(&cfg.hostname)
             .map_err(|e| err(ErrorCode::Internal, format!("hostname: {e}")))?;
@@ -94,6 +97,15 @@ pub fn create(cfg: &SandboxConfig) -> Result<(), ErrorReply> {
         std::fs::write(&path, v)
             .map_err(|e| err(ErrorCode::InvalidArgument, format!("sysctl {k}: {e}")))?;
     }
+    crate::network::configure(&cfg.network).map_err(|e| {
+        let code = match e {
+            crate::network::NetError::Invalid(_) | crate::network::NetError::NoDevice { .. } => {
+                ErrorCode::InvalidArgument
+            }
+            _ => ErrorCode::Internal,
+        };
+        err(code, format!("network: {e}"))
+    })?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 
 mod codec;
 mod messages;
+pub mod network;
 
 pub use codec::{CodecError, MAX_FRAME, read_frame, read_message, write_message};
 pub use messages::{
@@ -19,7 +20,7 @@ pub use messages::{
 };
 
 /// Protocol version checked on connect.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest file [`Call::WriteFile`] takes.
 pub const MAX_FILE: usize = 128 * 1024;

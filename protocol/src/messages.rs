@@ -194,6 +194,9 @@ pub struct SandboxConfig {
     /// Guest-wide sysctls (`net.ipv4.ip_forward` = `1`).
     #[serde(default)]
     pub sysctls: std::collections::BTreeMap<String, String>,
+    /// The guest's interfaces and routes (empty: loopback only).
+    #[serde(default)]
+    pub network: crate::network::NetworkConfig,
 }
 
 /// A file system for the guest to mount.

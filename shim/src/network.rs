@@ -14,20 +14,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use protocol::network::{
+    Interface, IpPrefix, MAX_ADDRESSES, MAX_INTERFACES, MAX_ROUTES, NetworkConfig, Route, is_mac,
+};
 use serde::{Deserialize, Serialize};
 
 /// The prefix of the TAPs husk creates; interfaces so named are never
 /// taken for the container's own.
 pub const TAP_PREFIX: &str = "husk-tap";
 
-/// Most interfaces one container may have.
-pub const MAX_INTERFACES: usize = 8;
-
-/// Most addresses one interface may have.
-pub const MAX_ADDRESSES: usize = 16;
-
-/// Most routes (per address family) the guest copies.
-pub const MAX_ROUTES: usize = 64;
+/// Most routes per address family the guest copies.
+pub const MAX_ROUTES_PER_FAMILY: usize = MAX_ROUTES / 2;
 
 /// Errors of network set-up.
 #[derive(Debug, thiserror::Error)]
@@ -56,48 +53,6 @@ pub enum NetworkError {
         /// Why it is refused.
         cause: String,
     },
-}
-
-/// An address on an interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Address {
-    /// The address, IPv4 or IPv6.
-    pub ip: std::net::IpAddr,
-    /// Its prefix length.
-    pub prefix_len: u8,
-}
-
-/// One interface of the container's namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Interface {
-    /// Its name in the namespace (the guest's interface takes it too).
-    pub name: String,
-    /// Its MAC address, `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
-    /// Its MTU.
-    pub mtu: u32,
-    /// Its global addresses.
-    pub addresses: Vec<Address>,
-}
-
-/// A route that is not implied by an address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    /// `default`, or a destination prefix.
-    pub destination: String,
-    /// The next hop, if any.
-    pub gateway: Option<std::net::IpAddr>,
-    /// The interface it leaves through.
-    pub device: String,
-}
-
-/// What the guest's network must copy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkConfig {
-    /// Interfaces, in the namespace's order.
-    pub interfaces: Vec<Interface>,
-    /// Routes through them.
-    pub routes: Vec<Route>,
 }
 
 /// A TAP joined to an interface by [`connect`].
@@ -152,11 +107,17 @@ pub fn discover(netns: &Path) -> Result<NetworkConfig, NetworkError> {
     let links = run_in(netns, "ip", &["-j", "addr", "show"])?;
     let interfaces = parse_addresses(&links)?;
     let mut routes = Vec::new();
-    for family in ["-4", "-6"] {
+    for v6 in [false, true] {
+        let family = if v6 { "-6" } else { "-4" };
         let text = run_in(netns, "ip", &["-j", family, "route", "show"])?;
-        routes.extend(parse_routes(&text, &interfaces)?);
+        routes.extend(parse_routes(&text, &interfaces, v6)?);
     }
-    Ok(NetworkConfig { interfaces, routes })
+    let config = NetworkConfig { interfaces, routes };
+    config.validate().map_err(|cause| NetworkError::Parse {
+        what: format!("network namespace {}", netns.display()),
+        cause,
+    })?;
+    Ok(config)
 }
 
 /// Parses `ip -j addr show`.
@@ -202,10 +163,14 @@ pub fn parse_addresses(json: &str) -> Result<Vec<Interface>, NetworkError> {
                 .as_u64()
                 .filter(|p| *p <= 128)
                 .ok_or_else(|| bad(&format!("{name}: an address without prefixlen")))?;
-            addresses.push(Address {
+            let a = IpPrefix {
                 ip,
                 prefix_len: prefix_len as u8,
-            });
+            };
+            if !a.is_valid() {
+                return Err(bad(&format!("{name}: address {a}")));
+            }
+            addresses.push(a);
         }
         found.push(Interface {
             name: name.to_string(),
@@ -217,16 +182,14 @@ pub fn parse_addresses(json: &str) -> Result<Vec<Interface>, NetworkError> {
     Ok(found)
 }
 
-fn is_mac(s: &str) -> bool {
-    s.len() == 17
-        && s.split(':').count() == 6
-        && s.split(':')
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-/// Parses `ip -j route show`, keeping the routes through `interfaces` that
-/// adding the addresses does not create (those of protocol `kernel`).
-pub fn parse_routes(json: &str, interfaces: &[Interface]) -> Result<Vec<Route>, NetworkError> {
+/// Parses `ip -j route show` (of IPv6 routes if `v6`), keeping the routes
+/// through `interfaces` that adding the addresses does not create (those of
+/// protocol `kernel`).
+pub fn parse_routes(
+    json: &str,
+    interfaces: &[Interface],
+    v6: bool,
+) -> Result<Vec<Route>, NetworkError> {
     let bad = |cause: &str| NetworkError::Parse {
         what: "ip -j route show".into(),
         cause: cause.into(),
@@ -242,21 +205,23 @@ pub fn parse_routes(json: &str, interfaces: &[Interface]) -> Result<Vec<Route>, 
         {
             continue;
         }
-        let destination = r["dst"]
+        let dst = r["dst"]
             .as_str()
             .ok_or_else(|| bad("a route without dst"))?;
-        if !is_destination(destination) {
-            return Err(bad(&format!("destination {destination:?}")));
+        let destination =
+            parse_destination(dst, v6).ok_or_else(|| bad(&format!("destination {dst:?}")))?;
+        if routes.len() == MAX_ROUTES_PER_FAMILY {
+            return Err(bad(&format!("more than {MAX_ROUTES_PER_FAMILY} routes")));
         }
-        if routes.len() == MAX_ROUTES {
-            return Err(bad(&format!("more than {MAX_ROUTES} routes")));
-        }
-        let gateway = match r["gateway"].as_str() {
+        let gateway: Option<std::net::IpAddr> = match r["gateway"].as_str() {
             Some(g) => Some(g.parse().map_err(|_| bad(&format!("gateway {g:?}")))?),
             None => None,
         };
+        if gateway.is_some_and(|g| g.is_ipv6() != v6) {
+            return Err(bad(&format!("route to {dst}: gateway of another family")));
+        }
         routes.push(Route {
-            destination: destination.to_string(),
+            destination,
             gateway,
             device: device.to_string(),
         });
@@ -264,17 +229,35 @@ pub fn parse_routes(json: &str, interfaces: &[Interface]) -> Result<Vec<Route>, 
     Ok(routes)
 }
 
-/// `default`, an address, or an address with a prefix length that fits it.
-fn is_destination(s: &str) -> bool {
+/// `default`, an address (a host route), or an address with a prefix
+/// length that fits it, of the family asked for.
+fn parse_destination(s: &str, v6: bool) -> Option<IpPrefix> {
+    let any: std::net::IpAddr = if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
     if s == "default" {
-        return true;
+        return Some(IpPrefix {
+            ip: any,
+            prefix_len: 0,
+        });
     }
-    let (addr, len) = s.split_once('/').unwrap_or((s, "0"));
-    match (addr.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
-        (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
-        (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
-        _ => false,
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    if ip.is_ipv6() != v6 {
+        return None;
     }
+    let prefix_len = match len {
+        Some(l) => l.parse().ok()?,
+        None if v6 => 128,
+        None => 32,
+    };
+    let p = IpPrefix { ip, prefix_len };
+    p.is_valid().then_some(p)
 }
 
 /// Creates TAP `husk-tap<index>` in the namespace at `netns`, with the MTU
@@ -334,6 +317,85 @@ pub fn disconnect(netns: &Path, tap: &Tap) -> Result<(), NetworkError> {
     }
 }
 
+/// The TAPs husk joined in a container's namespace, recorded so that
+/// delete (even after a crash) removes them again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The namespace.
+    pub netns: PathBuf,
+    /// The TAPs, in the order of the configuration's interfaces.
+    pub taps: Vec<Tap>,
+}
+
+impl Attachment {
+    /// Reads the namespace at `netns` and joins a TAP to each of its
+    /// interfaces; returns them with what the guest must copy. On failure
+    /// the TAPs made so far are removed.
+    pub fn create(netns: &Path) -> Result<(Attachment, NetworkConfig), NetworkError> {
+        let config = discover(netns)?;
+        let mut this = Attachment {
+            netns: netns.to_path_buf(),
+            taps: Vec::new(),
+        };
+        for (n, iface) in config.interfaces.iter().enumerate() {
+            match connect(netns, iface, n) {
+                Ok(tap) => this.taps.push(tap),
+                Err(e) => {
+                    this.release();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((this, config))
+    }
+
+    /// The guest's NICs: each TAP with the MAC of its interface.
+    pub fn nics(&self, config: &NetworkConfig) -> Vec<crate::hypervisor::Nic> {
+        self.taps
+            .iter()
+            .zip(&config.interfaces)
+            .map(|(t, i)| crate::hypervisor::Nic {
+                tap: t.name.clone(),
+                mac: i.mac.clone(),
+            })
+            .collect()
+    }
+
+    /// Removes the TAPs and their filters; what is already gone is skipped.
+    pub fn release(&self) {
+        for t in &self.taps {
+            if let Err(e) = disconnect(&self.netns, t) {
+                log::warn!("removing {}: {e}", t.name);
+            }
+        }
+    }
+}
+
+/// Releases an [`Attachment`] when dropped, unless it was kept: for
+/// set-up steps that may fail after the TAPs were made.
+#[derive(Debug)]
+pub struct ReleaseGuard(Option<Attachment>);
+
+impl ReleaseGuard {
+    /// Guards `attachment` (none: guards nothing).
+    pub fn new(attachment: Option<Attachment>) -> ReleaseGuard {
+        ReleaseGuard(attachment)
+    }
+
+    /// Set-up succeeded: the attachment stays.
+    pub fn keep(mut self) -> Option<Attachment> {
+        self.0.take()
+    }
+}
+
+impl Drop for ReleaseGuard {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.release();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,11 +422,11 @@ mod tests {
         assert_eq!(
             eth.addresses,
             vec![
-                Address {
+                IpPrefix {
                     ip: "10.214.0.2".parse().unwrap(),
                     prefix_len: 24
                 },
-                Address {
+                IpPrefix {
                     ip: "fd00::2".parse().unwrap(),
                     prefix_len: 64
                 },
@@ -381,11 +443,15 @@ mod tests {
           {"dst":"10.99.0.0/16","gateway":"10.214.0.254","dev":"eth0"},
           {"dst":"10.1.0.0/16","dev":"other0"}
         ]"#;
-        let routes = parse_routes(json, &ifs).unwrap();
+        let routes = parse_routes(json, &ifs, false).unwrap();
         assert_eq!(routes.len(), 2);
-        assert_eq!(routes[0].destination, "default");
+        assert_eq!(routes[0].destination.to_string(), "0.0.0.0/0");
         assert_eq!(routes[0].gateway, Some("10.214.0.1".parse().unwrap()));
-        assert_eq!(routes[1].destination, "10.99.0.0/16");
+        assert_eq!(routes[1].destination.to_string(), "10.99.0.0/16");
+        let v6 = r#"[{"dst":"default","gateway":"fd00::1","dev":"eth0"}]"#;
+        let routes = parse_routes(v6, &ifs, true).unwrap();
+        assert_eq!(routes[0].destination.to_string(), "::/0");
+        assert!(parse_routes(v6, &ifs, false).is_err());
     }
 
     #[test]
@@ -407,20 +473,21 @@ mod tests {
         assert!(parse_addresses(&format!("[{}]", many.join(","))).is_err());
         let bad_gw = r#"[{"dst":"default","gateway":"nope","dev":"eth0"}]"#;
         let ifs = parse_addresses(ADDR).unwrap();
-        assert!(parse_routes(bad_gw, &ifs).is_err());
+        assert!(parse_routes(bad_gw, &ifs, false).is_err());
         let bad_dst = r#"[{"dst":"10.0.0.0/33","dev":"eth0"}]"#;
         assert!(
-            parse_routes(bad_dst, &ifs)
+            parse_routes(bad_dst, &ifs, false)
                 .unwrap_err()
                 .to_string()
                 .contains("10.0.0.0/33")
         );
-        let host = r#"[{"dst":"10.9.9.9","dev":"eth0"},{"dst":"fd00::/8","dev":"eth0"}]"#;
-        assert_eq!(parse_routes(host, &ifs).unwrap().len(), 2);
-        let routes: Vec<String> = (0..=MAX_ROUTES)
+        let host = r#"[{"dst":"10.9.9.9","dev":"eth0"},{"dst":"10.8.0.0/16","dev":"eth0"}]"#;
+        let routes = parse_routes(host, &ifs, false).unwrap();
+        assert_eq!(routes[0].destination.to_string(), "10.9.9.9/32");
+        let routes: Vec<String> = (0..=MAX_ROUTES_PER_FAMILY)
             .map(|n| format!(r#"{{"dst":"10.{n}.0.0/16","dev":"eth0"}}"#))
             .collect();
-        assert!(parse_routes(&format!("[{}]", routes.join(",")), &ifs).is_err());
+        assert!(parse_routes(&format!("[{}]", routes.join(",")), &ifs, false).is_err());
         let addrs: Vec<String> = (0..=MAX_ADDRESSES)
             .map(|n| format!(r#"{{"local":"10.0.0.{n}","prefixlen":24,"scope":"global"}}"#))
             .collect();

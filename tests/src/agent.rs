@@ -113,9 +113,14 @@ impl AgentVm {
             vcpus: 1,
             memory_mib: 256,
             drives,
-            extra_cmdline: String::new(),
+            ..VmSpec::default()
         };
-        let vm = Vm::boot(backend(), dir, &spec).expect("boot the agent VM");
+        Self::boot_spec(dir, &spec)
+    }
+
+    /// Boots `spec`.
+    pub fn boot_spec(dir: &Path, spec: &VmSpec) -> AgentVm {
+        let vm = Vm::boot(backend(), dir, spec).expect("boot the agent VM");
         AgentVm {
             hybrid: vm.vsock_path().to_path_buf(),
             console: vm.console_path().to_path_buf(),

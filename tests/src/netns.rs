@@ -202,3 +202,245 @@ impl Drop for VethNamespace {
         let _ = ip(&["route", "del", "unreachable", &self.subnet]);
     }
 }
+
+/// A container's side of a [`BridgeNetwork`]: its namespace and what the
+/// CNI bridge plugin gave it.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// Namespace name.
+    pub ns: String,
+    /// IPv4 address.
+    pub ip: String,
+    /// IPv6 address.
+    pub ip6: String,
+    /// MAC of its `eth0`.
+    pub mac: String,
+}
+
+impl Attached {
+    /// The namespace's path.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/run/netns").join(&self.ns)
+    }
+
+    /// `ip -n NS ARGS`: its output.
+    pub fn ip_in(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// What CNI's bridge plugin makes, kept off the machine's own network: a
+/// "host" namespace holding bridge `br0` with the gateway addresses
+/// (10.215.<n>.1/24 and fd68:7573:6b:<n>::1/64), and a namespace per
+/// container joined to it by a veth, addressed by host-local IPAM, with
+/// default routes through the bridge. The plugin itself runs inside the
+/// host namespace. Both subnets are guarded by `unreachable` routes in the
+/// root namespace; everything goes on drop.
+#[derive(Debug)]
+pub struct BridgeNetwork {
+    /// The namespace standing for the host.
+    pub host_ns: String,
+    /// The bridge's IPv4 address (the containers' gateway).
+    pub gateway: String,
+    /// The bridge's IPv6 address.
+    pub gateway6: String,
+    subnet: String,
+    subnet6: String,
+    data_dir: std::path::PathBuf,
+    containers: std::sync::Mutex<Vec<String>>,
+}
+
+impl BridgeNetwork {
+    /// Creates the host namespace for test `tag`.
+    pub fn new(tag: &str) -> BridgeNetwork {
+        let (ns, n, subnet) = guarded_subnet(tag, 215);
+        let subnet6 = format!("fd68:7573:6b:{n:x}::/64");
+        let _ = ip(&["-6", "route", "add", "unreachable", &subnet6]);
+        let this = BridgeNetwork {
+            host_ns: format!("{ns}-h"),
+            gateway: format!("10.215.{n}.1"),
+            gateway6: format!("fd68:7573:6b:{n:x}::1"),
+            subnet,
+            subnet6,
+            data_dir: std::env::temp_dir().join(format!("{ns}-ipam")),
+            containers: std::sync::Mutex::new(Vec::new()),
+        };
+        ip(&["netns", "add", &this.host_ns]).unwrap();
+        ip(&["-n", &this.host_ns, "link", "set", "lo", "up"]).unwrap();
+        this
+    }
+
+    fn conf(&self) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "husk-test",
+            "type": "bridge",
+            "bridge": "br0",
+            "isGateway": true,
+            "ipMasq": false,
+            "mtu": 1400,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": self.subnet}], [{"subnet": self.subnet6}]],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                "dataDir": self.data_dir,
+            }
+        })
+        .to_string()
+    }
+
+    /// Creates namespace `<host>-<name>` and has the bridge plugin join it.
+    pub fn add(&self, name: &str) -> Attached {
+        let ns = format!("{}-{name}", self.host_ns);
+        ip(&["netns", "add", &ns]).unwrap();
+        self.containers.lock().unwrap().push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
+        let netns = format!("/var/run/netns/{ns}");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.host_ns, "/usr/lib/cni/bridge"])
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &ns)
+            .env("CNI_NETNS", &netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the CNI bridge plugin (apt-get install containernetworking-plugins)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.conf().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "bridge plugin: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_str(&text).expect("CNI result");
+        let addr = |v6: bool| {
+            result["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["address"].as_str())
+                .map(|a| a.split('/').next().unwrap().to_string())
+                .find(|a| a.contains(':') == v6)
+                .unwrap_or_else(|| panic!("CNI result without an address: {text}"))
+        };
+        let mac = result["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["sandbox"].as_str().is_some())
+            .and_then(|i| i["mac"].as_str())
+            .unwrap_or_else(|| panic!("CNI result without the container's MAC: {text}"))
+            .to_string();
+        Attached {
+            ns,
+            ip: addr(false),
+            ip6: addr(true),
+            mac,
+        }
+    }
+
+    /// A command run inside the host namespace.
+    pub fn host_command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.host_ns, program]);
+        c
+    }
+}
+
+impl Drop for BridgeNetwork {
+    fn drop(&mut self) {
+        for ns in self.containers.lock().unwrap().drain(..) {
+            let _ = ip(&["netns", "del", &ns]);
+        }
+        let _ = ip(&["netns", "del", &self.host_ns]);
+        let _ = ip(&["route", "del", "unreachable", &self.subnet]);
+        let _ = ip(&["-6", "route", "del", "unreachable", &self.subnet6]);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// An HTTP/1.0 server answering every request with one body, listening on
+/// `[::]:port` inside a named network namespace (from a thread that joined
+/// it); stops on drop.
+#[derive(Debug)]
+pub struct HttpServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Requests answered.
+    pub served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpServer {
+    /// Starts serving `body` on `port` in namespace `ns`.
+    pub fn start(ns: &str, port: u16, body: &str) -> HttpServer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let path = std::path::Path::new("/var/run/netns").join(ns);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let body = body.to_string();
+        let (stop2, served2) = (stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: setns(2) on an open namespace file moves only this
+            // thread, which serves nothing else.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            let listener = std::net::TcpListener::bind(("::", port)).expect("bind");
+            listener.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        use std::io::{Read, Write};
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                            .unwrap();
+                        let mut req = [0u8; 1024];
+                        let _ = conn.read(&mut req);
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        served2.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the server did not start");
+        HttpServer {
+            stop,
+            thread: Some(thread),
+            served,
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -101,6 +101,27 @@ fn sandbox_settings_reach_containers() {
         ..SandboxConfig::default()
     };
     assert!(client.call(Call::CreateSandbox(bad)).is_err());
+    // An interface the VM was not given a device for is named.
+    let bad = SandboxConfig {
+        network: protocol::network::NetworkConfig {
+            interfaces: vec![protocol::network::Interface {
+                name: "eth0".into(),
+                mac: "02:00:00:00:00:99".into(),
+                mtu: 1500,
+                addresses: Vec::new(),
+            }],
+            routes: Vec::new(),
+        },
+        ..SandboxConfig::default()
+    };
+    let e = client
+        .call(Call::CreateSandbox(bad))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("eth0: no network device with MAC 02:00:00:00:00:99"),
+        "{e}"
+    );
 
     let cfg = SandboxConfig {
         hostname: "pod-1".into(),
@@ -108,6 +129,7 @@ fn sandbox_settings_reach_containers() {
         dns_searches: vec!["svc.local".into()],
         dns_options: vec!["ndots:2".into()],
         sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+        ..SandboxConfig::default()
     };
     client.call_empty(Call::CreateSandbox(cfg)).unwrap();
     // A container sharing the guest's UTS and network namespaces sees the

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::netns::VethNamespace;
-use shim::network::{self, Address, Route};
+use protocol::network::{IpPrefix, Route};
+use shim::network;
 use vmm::devices::virtio::net::Tap;
 
 /// The 12-byte virtio-net header the TAP's frames carry.
@@ -68,7 +69,7 @@ fn a_tap_joined_to_the_containers_veth_carries_its_traffic() {
     );
     assert_eq!(
         eth.addresses,
-        vec![Address {
+        vec![IpPrefix {
             ip: v.ip.parse().unwrap(),
             prefix_len: 24
         }]
@@ -76,7 +77,10 @@ fn a_tap_joined_to_the_containers_veth_carries_its_traffic() {
     assert_eq!(
         cfg.routes,
         vec![Route {
-            destination: "default".into(),
+            destination: IpPrefix {
+                ip: "0.0.0.0".parse().unwrap(),
+                prefix_len: 0
+            },
             gateway: Some(v.peer_ip.parse().unwrap()),
             device: "eth0".into(),
         }]

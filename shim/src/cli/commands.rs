@@ -393,6 +393,9 @@ fn delete(store: &Store, args: &Delete) -> Result<(), CliError> {
 fn force_delete(store: &Store, id: &str) -> Result<(), CliError> {
     if let Ok(state) = store.load(id) {
         stop_monitor(&state);
+        if let Some(net) = &state.network {
+            net.release();
+        }
         hooks::run_warning(
             &state.hooks,
             HookKind::Poststop,

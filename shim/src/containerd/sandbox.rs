@@ -56,7 +56,8 @@ impl Launcher {
 
 /// Spare drives a pod's VM boots with: how many containers may join it.
 /// QEMU's microvm wires virtio-mmio devices to 8 interrupt lines; with the
-/// vsock device and the sandbox's own root drive, 6 are left.
+/// vsock device and the sandbox's own root drive, 6 are left, less one per
+/// network interface.
 pub const POD_SLOTS: usize = 6;
 
 /// Size of each spare drive (sparse on the host): the largest root image
@@ -117,8 +118,9 @@ impl Sandbox {
             ));
         }
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let total = slots.len();
         let slot = slots.iter_mut().find(|s| !s.used).ok_or_else(|| {
-            format!("no spare drive left: a pod VM takes at most {POD_SLOTS} containers")
+            format!("no spare drive left: this pod VM takes at most {total} containers")
         })?;
         let mut src =
             std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
@@ -183,6 +185,9 @@ pub struct Record {
     /// Where the rootfs mounts were mounted.
     #[serde(default)]
     pub rootfs_mount: Option<PathBuf>,
+    /// The TAPs joined in the pod's (or task's) network namespace.
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
 }
 
 /// The record's file in a task directory.
@@ -198,13 +203,17 @@ pub fn save_record(dir: &Path, record: &Record) -> std::io::Result<()> {
 }
 
 /// Removes what a task left: kills its VM's processes (those still with
-/// the recorded start time), unmounts its rootfs, removes its directory.
+/// the recorded start time), removes its TAPs, unmounts its rootfs, removes
+/// its directory.
 pub fn clean_up(dir: &Path) {
     let record: Record = std::fs::read(record_path(dir))
         .ok()
         .and_then(|t| serde_json::from_slice(&t).ok())
         .unwrap_or_default();
     kill_recorded(&record.vm_processes);
+    if let Some(net) = &record.network {
+        net.release();
+    }
     if let Some(m) = &record.rootfs_mount {
         unmount(m);
     }

@@ -311,6 +311,8 @@ impl Tasks {
         .map_err(|e| TaskError::invalid(e.to_string()))?;
         let mut t_boot = t0.elapsed();
         let mut spawned = std::time::Duration::ZERO;
+        let mut nics = Vec::new();
+        let mut net_config = protocol::network::NetworkConfig::default();
         let (sandbox, mut client, serial, owns_vm) = match pod_vm {
             Some(vm) => {
                 let serial = vm
@@ -327,8 +329,25 @@ impl Tasks {
                     path: image.path.clone(),
                     read_only: true,
                 }];
+                if let Some(netns) = &bundle.netns {
+                    let (attachment, config) = crate::network::Attachment::create(netns)
+                        .map_err(|e| TaskError::invalid(e.to_string()).context("network"))?;
+                    nics = attachment.nics(&config);
+                    net_config = config;
+                    record.network = Some(attachment);
+                    // Recorded at once: a failure from here on removes it.
+                    save_record(&dir, &record).map_err(TaskError::internal)?;
+                }
                 let slots = if matches!(role, PodRole::Sandbox(_)) {
-                    make_slots(&dir).map_err(TaskError::internal)?
+                    let count = super::sandbox::POD_SLOTS.checked_sub(nics.len());
+                    let count = count.filter(|c| *c > 0).ok_or_else(|| {
+                        TaskError::invalid(format!(
+                            "a pod VM has room for {} network interfaces, not {}",
+                            super::sandbox::POD_SLOTS - 1,
+                            nics.len()
+                        ))
+                    })?;
+                    make_slots(&dir, count).map_err(TaskError::internal)?
                 } else {
                     Vec::new()
                 };
@@ -343,6 +362,8 @@ impl Tasks {
                     vcpus: size.vcpus,
                     memory_mib: size.memory_mib,
                     drives,
+                    netns: bundle.netns.clone(),
+                    nics: std::mem::take(&mut nics),
                     extra_cmdline: String::new(),
                 };
                 let backend = size.hypervisor.resolve();
@@ -375,6 +396,7 @@ impl Tasks {
                 undo.sandbox = Some(Arc::clone(&sandbox));
                 client.call_empty(Call::CreateSandbox(SandboxConfig {
                     hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
+                    network: std::mem::take(&mut net_config),
                     ..SandboxConfig::default()
                 }))?;
                 (sandbox, client, "rootfs".to_string(), true)
@@ -820,8 +842,8 @@ impl Tasks {
 /// (`slotN`, sparse files): a container's image is written into one before
 /// the guest mounts it, as virtio-mmio drives cannot be added to a running
 /// VM.
-fn make_slots(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    (0..super::sandbox::POD_SLOTS)
+fn make_slots(dir: &Path, count: usize) -> Result<Vec<(String, PathBuf)>, String> {
+    (0..count)
         .map(|i| {
             let path = dir.join(format!("slot{i}.img"));
             let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;

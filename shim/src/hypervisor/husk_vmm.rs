@@ -39,6 +39,18 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
             })
         })
         .collect();
+    let nics: Vec<serde_json::Value> = spec
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(n, nic)| {
+            serde_json::json!({
+                "iface_id": format!("net{n}"),
+                "host_dev_name": nic.tap,
+                "guest_mac": nic.mac,
+            })
+        })
+        .collect();
     let config = serde_json::json!({
         "boot-source": {
             "kernel_image_path": spec.kernel,
@@ -47,6 +59,7 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         },
         "machine-config": {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib},
         "drives": drives,
+        "network-interfaces": nics,
         "vsock": {"guest_cid": 3, "uds_path": vsock},
     });
     let config_path = dir.join("vm.json");
@@ -56,6 +69,10 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     })?;
     let mut cmd = Command::new(vmm_bin);
     super::die_with_parent(&mut cmd);
+    let _netns = match &spec.netns {
+        Some(path) => Some(super::join_netns(&mut cmd, path)?),
+        None => None,
+    };
     let vmm = cmd
         .arg("--no-api")
         .arg("--config-file")

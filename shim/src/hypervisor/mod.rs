@@ -148,8 +148,18 @@ pub struct Drive {
     pub read_only: bool,
 }
 
+/// A virtio-net device: a TAP in the VM's network namespace, and the MAC
+/// the guest sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// The TAP's name.
+    pub tap: String,
+    /// The guest's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+}
+
 /// What to boot.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct VmSpec {
     /// Guest kernel (vmlinux or bzImage).
     pub kernel: PathBuf,
@@ -161,6 +171,11 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Drives.
     pub drives: Vec<Drive>,
+    /// The network namespace the VMM runs in (where its TAPs are); none:
+    /// the caller's.
+    pub netns: Option<PathBuf>,
+    /// Network devices.
+    pub nics: Vec<Nic>,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
 }
@@ -183,6 +198,20 @@ impl VmSpec {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok {
                 return Err(HypervisorError::Invalid(format!("drive id {:?}", d.id)));
+            }
+        }
+        if self.nics.len() > protocol::network::MAX_INTERFACES {
+            return Err(HypervisorError::Invalid(format!(
+                "more than {} network devices",
+                protocol::network::MAX_INTERFACES
+            )));
+        }
+        for n in &self.nics {
+            if !protocol::network::is_ifname(&n.tap) || !protocol::network::is_mac(&n.mac) {
+                return Err(HypervisorError::Invalid(format!(
+                    "network device {} with MAC {}",
+                    n.tap, n.mac
+                )));
             }
         }
         Ok(())
@@ -306,6 +335,34 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Makes the child run in the network namespace at `netns` (where its
+/// TAPs are), as a jailer would; returns the namespace file, which must
+/// stay open until the child is spawned.
+pub(crate) fn join_netns(
+    cmd: &mut Command,
+    netns: &Path,
+) -> Result<std::fs::File, HypervisorError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::open(netns).map_err(|source| HypervisorError::Io {
+        path: netns.to_path_buf(),
+        source,
+    })?;
+    let fd = file.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls setns(2), which is async-signal-safe, on a descriptor the parent
+    // holds open until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(file)
+}
+
 /// Finds a program: `$env_var`, next to the running executable (or its
 /// parent directory, for test binaries in `deps/`), then `PATH`.
 pub(crate) fn find_program(name: &str, env_var: &str) -> Option<PathBuf> {
@@ -400,10 +457,17 @@ mod tests {
                 path: "x".into(),
                 read_only: true,
             }],
-            extra_cmdline: String::new(),
+            ..VmSpec::default()
         };
         assert!(spec.validate().is_err());
         spec.drives[0].id = "rootfs".into();
         assert!(spec.validate().is_ok());
+        spec.nics.push(Nic {
+            tap: "husk-tap0".into(),
+            mac: "02:00:00:00:00:01".into(),
+        });
+        assert!(spec.validate().is_ok());
+        spec.nics[0].mac = "02:00".into();
+        assert!(spec.validate().is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! QEMU backend: `qemu-system-x86_64 -M microvm` with virtio-mmio devices
-//! (modern transport), guest memory in a shared memfd so that
+//! (modern transport; TAP networking in the container's namespace), guest memory in a shared memfd so that
 //! `vhost-device-vsock` can serve vsock with the hybrid Unix-socket
 //! convention. TCG unless KVM is hardware-backed.
 
@@ -87,6 +87,19 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
             .arg("-device")
             .arg(format!("virtio-blk-device,drive={},serial={}", d.id, d.id));
     }
+    for (n, nic) in spec.nics.iter().enumerate() {
+        cmd.arg("-netdev")
+            .arg(format!(
+                "tap,id=net{n},ifname={},script=no,downscript=no",
+                nic.tap
+            ))
+            .arg("-device")
+            .arg(format!("virtio-net-device,netdev=net{n},mac={}", nic.mac));
+    }
+    let _netns = match &spec.netns {
+        Some(path) => Some(super::join_netns(&mut cmd, path)?),
+        None => None,
+    };
     let vmm = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -52,6 +52,10 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     /// Annotations.
     pub annotations: HashMap<String, String>,
+    /// The network namespace the spec joins by path (prepared by CNI,
+    /// podman or the CRI plugin): its interfaces become the guest's, and the
+    /// container shares the guest's network namespace.
+    pub netns: Option<PathBuf>,
 }
 
 fn invalid(dir: &Path, message: impl Into<String>) -> BundleError {
@@ -86,6 +90,7 @@ impl Bundle {
         })?;
         let mut spec: Value =
             serde_json::from_slice(&text).map_err(|e| invalid(&dir, e.to_string()))?;
+        let netns = take_network_namespace(&mut spec);
         if in_pod {
             share_vm_namespaces(&mut spec);
         }
@@ -129,6 +134,7 @@ impl Bundle {
             spec,
             rootfs,
             annotations,
+            netns,
         })
     }
 
@@ -150,6 +156,18 @@ impl Bundle {
     pub fn terminal(&self) -> bool {
         self.spec["process"]["terminal"].as_bool().unwrap_or(false)
     }
+}
+
+/// Removes the network namespace a spec joins by host path and returns
+/// its path: that namespace's interfaces are copied to the guest, whose own
+/// network namespace the container then shares.
+pub fn take_network_namespace(spec: &mut Value) -> Option<PathBuf> {
+    let list = spec["linux"]["namespaces"].as_array_mut()?;
+    let at = list.iter().position(|n| {
+        n["type"].as_str() == Some("network") && n["path"].as_str().is_some_and(|p| !p.is_empty())
+    })?;
+    let entry = list.remove(at);
+    entry["path"].as_str().map(PathBuf::from)
 }
 
 /// Rewrites the namespaces a spec joins by host path: the network, UTS and
@@ -344,7 +362,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("config.json"), "{e}");
-        for n in ["good", "noargs", "noroot", "baduser", "hooks"] {
+        // A network namespace by path is the guest's interfaces; any other
+        // host namespace is refused.
+        let mut netns = good();
+        netns["linux"] = serde_json::json!({"namespaces": [
+            {"type": "network", "path": "/run/netns/cni-1"}, {"type": "mount"}
+        ]});
+        let b = Bundle::load(&bundle_dir("netns", &netns)).unwrap();
+        assert_eq!(b.netns, Some(PathBuf::from("/run/netns/cni-1")));
+        assert_eq!(
+            b.spec["linux"]["namespaces"],
+            serde_json::json!([{"type": "mount"}])
+        );
+        netns["linux"]["namespaces"][1] =
+            serde_json::json!({"type": "ipc", "path": "/proc/1/ns/ipc"});
+        let e = Bundle::load(&bundle_dir("netns", &netns))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("not implemented: joining a host namespace (ipc"),
+            "{e}"
+        );
+        for n in ["good", "noargs", "noroot", "baduser", "hooks", "netns"] {
             let _ = std::fs::remove_dir_all(
                 std::env::temp_dir().join(format!("husk-bundle-{n}-{}", std::process::id())),
             );

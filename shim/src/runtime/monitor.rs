@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use protocol::network::NetworkConfig;
 use protocol::{Call, ExitInfo, SandboxConfig, StdioStream, Storage, StorageSource};
 
 use super::boot::{BootError, Booted, boot_vm, check_file, make_vm_dir};
@@ -59,6 +60,9 @@ pub enum MonitorError {
     /// Booting the VM.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The container's network.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -191,6 +195,18 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     let t_image = t0.elapsed();
     let vm_dir = args.store.vm_dir(id);
     make_vm_dir(&vm_dir)?;
+    let (network, net_config) = match &bundle.netns {
+        Some(netns) => {
+            let (a, c) = crate::network::Attachment::create(netns)?;
+            (Some(a), c)
+        }
+        None => (None, NetworkConfig::default()),
+    };
+    let nics = network
+        .as_ref()
+        .map(|a| a.nics(&net_config))
+        .unwrap_or_default();
+    let network = crate::network::ReleaseGuard::new(network);
     let vm_spec = VmSpec {
         kernel: cfg.kernel.clone(),
         initrd: cfg.initramfs.clone(),
@@ -201,6 +217,8 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
             path: image.path.clone(),
             read_only: true,
         }],
+        netns: bundle.netns.clone(),
+        nics,
         extra_cmdline: String::new(),
     };
     let Booted {
@@ -237,6 +255,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     };
     client.call_empty(Call::CreateSandbox(SandboxConfig {
         hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
+        network: net_config,
         ..SandboxConfig::default()
     }))?;
     write_guest_files(&mut client, files)?;
@@ -267,6 +286,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
             .map_or(0, |d| d.as_secs()),
         hooks,
         vm_processes,
+        network: None,
     };
     if log::debug_enabled() {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -285,6 +305,10 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     let creating = state.oci_json_as(Status::Creating);
     hooks::run(&state.hooks, HookKind::CreateRuntime, &creating)?;
     hooks::run(&state.hooks, HookKind::CreateContainer, &creating)?;
+    let state = ContainerState {
+        network: network.keep(),
+        ..state
+    };
     args.store.save(&state)?;
     Ok(running)
 }

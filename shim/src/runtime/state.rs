@@ -108,6 +108,10 @@ pub struct ContainerState {
     /// (`PR_SET_PDEATHSIG`), and `delete` waits until they have.
     #[serde(default)]
     pub vm_processes: Vec<(i32, u64)>,
+    /// The TAPs joined in the container's network namespace, removed at
+    /// `delete`.
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
 }
 
 /// The state directory of containers.
@@ -375,6 +379,7 @@ mod tests {
             created: 0,
             hooks: serde_json::Value::Null,
             vm_processes: Vec::new(),
+            network: None,
         };
         store.save(&s).unwrap();
         assert_eq!(store.load("c1").unwrap(), s);
