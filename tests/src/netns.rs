@@ -376,8 +376,8 @@ impl Drop for BridgeNetwork {
 }
 
 /// An HTTP/1.0 server answering every request with one body, listening on
-/// `[::]:port` inside a named network namespace (from a thread that joined
-/// it); stops on drop.
+/// an address inside a named network namespace (from a thread that joined
+/// it) or the caller's; stops on drop.
 #[derive(Debug)]
 pub struct HttpServer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -387,23 +387,27 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Starts serving `body` on `port` in namespace `ns`.
-    pub fn start(ns: &str, port: u16, body: &str) -> HttpServer {
+    /// Starts serving `body` on `addr` (`[::]:9000`) in namespace `ns`
+    /// (none: the caller's).
+    pub fn start(ns: Option<&str>, addr: &str, body: &str) -> HttpServer {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let path = std::path::Path::new("/var/run/netns").join(ns);
+        let path = ns.map(|ns| std::path::Path::new("/var/run/netns").join(ns));
+        let addr = addr.to_string();
         let (tx, rx) = std::sync::mpsc::channel();
         let body = body.to_string();
         let (stop2, served2) = (stop.clone(), served.clone());
         let thread = std::thread::spawn(move || {
             use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(&path).expect("open the namespace");
-            // SAFETY: setns(2) on an open namespace file moves only this
-            // thread, which serves nothing else.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            let listener = std::net::TcpListener::bind(("::", port)).expect("bind");
+            if let Some(path) = path {
+                let ns = std::fs::File::open(&path).expect("open the namespace");
+                // SAFETY: setns(2) on an open namespace file moves only this
+                // thread, which serves nothing else.
+                let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            }
+            let listener = std::net::TcpListener::bind(&addr).expect("bind");
             listener.set_nonblocking(true).unwrap();
             tx.send(()).unwrap();
             while !stop2.load(Ordering::SeqCst) {
@@ -442,5 +446,88 @@ impl Drop for HttpServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A bridge in the root namespace as a node's CNI set-up has one:
+/// `<prefix><n>` with the gateway address 10.<second>.<n>.1/24, and the CNI
+/// configuration (bridge plugin, host-local IPAM from .10) that joins
+/// containers to it. The subnet is guarded by an `unreachable` route of a higher
+/// metric than the bridge's own, so it takes over whenever the bridge is
+/// gone. Removed on drop.
+#[derive(Debug)]
+pub struct NodeBridge {
+    /// The bridge's name.
+    pub name: String,
+    /// Its address (the pods' gateway).
+    pub gateway: String,
+    subnet: String,
+    data_dir: std::path::PathBuf,
+}
+
+impl NodeBridge {
+    /// Creates the bridge for test `tag`: named `<prefix><n>` (prefix of
+    /// at most 9 bytes), on 10.`<second>`.`<n>`.0/24.
+    pub fn new(tag: &str, prefix: &str, second: u8) -> NodeBridge {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
+        let this = NodeBridge {
+            name: format!("{prefix}{n}"),
+            gateway: format!("10.{second}.{n}.1"),
+            subnet: format!("10.{second}.{n}.0/24"),
+            data_dir: std::env::temp_dir().join(format!("husk-{tag}-{}-{n}-ipam", std::process::id())),
+        };
+        let _ = ip(&["route", "add", "unreachable", &this.subnet, "metric", "4000"]);
+        let addr = format!("{}/24", this.gateway);
+        for s in [
+            vec!["link", "add", &this.name, "type", "bridge"],
+            vec!["addr", "add", &addr, "dev", &this.name],
+            vec!["link", "set", &this.name, "up"],
+        ] {
+            ip(&s).unwrap_or_else(|e| panic!("bridge set-up failed: {e}"));
+        }
+        this
+    }
+
+    /// The CNI network configuration list of network `name` joining
+    /// containers to the bridge.
+    pub fn conflist(&self, name: &str) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [{
+                "type": "bridge",
+                "bridge": self.name,
+                "isGateway": false,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": self.subnet, "rangeStart": self.subnet.replace(".0/24", ".10")}]],
+                    "dataDir": self.data_dir,
+                }
+            }]
+        })
+        .to_string()
+    }
+
+    /// The interfaces joined to the bridge.
+    pub fn ports(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.name])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+}
+
+impl Drop for NodeBridge {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.name]);
+        let _ = ip(&["route", "del", "unreachable", &self.subnet, "metric", "4000"]);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }

@@ -134,7 +134,7 @@ fn containers_on_a_cni_bridge_reach_the_host_and_each_other() {
     let h = Husk::new("net-bridge");
 
     // A server on the "host", on the bridge's addresses.
-    let host_server = HttpServer::start(&net.host_ns, 9000, "hello-from-host\n");
+    let host_server = HttpServer::start(Some(&net.host_ns), "[::]:9000", "hello-from-host\n");
 
     serve(&h, "a", "hello-from-a", &a);
     serve(&h, "b", "hello-from-b", &b);
@@ -265,4 +265,92 @@ fn a_missing_network_namespace_is_refused_and_leaves_nothing() {
         integration_tests::cli::processes_mentioning(&h.root).is_empty(),
         "processes left behind"
     );
+}
+
+#[test]
+fn podman_containers_on_its_default_network_serve_on_their_address() {
+    use integration_tests::netns::NodeBridge;
+    use integration_tests::podman::Podman;
+    let bridge = NodeBridge::new("podman-net", "hk-pod", 217);
+    let h = Husk::new("net-podman");
+    let p = Podman::new("net");
+    // podman's default network, `podman`, on the test's bridge.
+    std::fs::write(
+        p.dir().join("net/podman.conflist"),
+        bridge.conflist("podman"),
+    )
+    .unwrap();
+    let podman = |args: &[&str]| {
+        p.command()
+            .arg("--runtime")
+            .arg(Husk::binary())
+            .arg(format!("--runtime-flag=config={}", h.config.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run podman")
+    };
+    let image = p.image().to_string();
+    // `--network bridge` is podman's default for root (the test's
+    // containers.conf turns it off for the other tests).
+    let out = podman(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "bridge",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-from-podman > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
+    assert!(out.status.success(), "podman run: {}", text(&out.stderr));
+    let out = podman(&[
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.Networks.podman.IPAddress}}",
+        "web",
+    ]);
+    let ip = text(&out.stdout).trim().to_string();
+    assert!(
+        ip.starts_with(&bridge.gateway[..bridge.gateway.len() - 1]),
+        "container IP {ip:?}: {}",
+        text(&out.stderr)
+    );
+    // The host reaches the container by its address.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        let r = std::net::TcpStream::connect_timeout(
+            &format!("{ip}:8080").parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply)
+        });
+        match r {
+            Ok(reply) if reply.starts_with("HTTP/1.") => break reply,
+            _ => {
+                assert!(Instant::now() < deadline, "no answer on {ip}:8080: {r:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(reply.ends_with("\r\n\r\nhello-from-podman\n"), "{reply:?}");
+    // The guest's interface has the address podman's network gave.
+    let out = podman(&["exec", "web", "ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        text(&out.stdout).contains(&format!("inet {ip}/24")),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = podman(&["rm", "-f", "web"]);
+    assert!(out.status.success(), "podman rm: {}", text(&out.stderr));
+    assert!(bridge.ports().is_empty(), "{:?}", bridge.ports());
 }
