@@ -14,6 +14,7 @@ pkgs=(
     podman runc crun containerd                                        # real OCI clients and peer runtimes
     containernetworking-plugins                                        # CNI plugins for containerd's CRI
     protobuf-compiler                                                  # CRI test client (k8s-cri's build)
+    iperf3                                                             # network benchmark
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -470,14 +470,23 @@ impl NodeBridge {
     /// at most 9 bytes), on 10.`<second>`.`<n>`.0/24.
     pub fn new(tag: &str, prefix: &str, second: u8) -> NodeBridge {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
+        let n =
+            (std::process::id() + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) * 7) % 250;
         let this = NodeBridge {
             name: format!("{prefix}{n}"),
             gateway: format!("10.{second}.{n}.1"),
             subnet: format!("10.{second}.{n}.0/24"),
-            data_dir: std::env::temp_dir().join(format!("husk-{tag}-{}-{n}-ipam", std::process::id())),
+            data_dir: std::env::temp_dir()
+                .join(format!("husk-{tag}-{}-{n}-ipam", std::process::id())),
         };
-        let _ = ip(&["route", "add", "unreachable", &this.subnet, "metric", "4000"]);
+        let _ = ip(&[
+            "route",
+            "add",
+            "unreachable",
+            &this.subnet,
+            "metric",
+            "4000",
+        ]);
         let addr = format!("{}/24", this.gateway);
         for s in [
             vec!["link", "add", &this.name, "type", "bridge"],
@@ -527,7 +536,14 @@ impl NodeBridge {
 impl Drop for NodeBridge {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.name]);
-        let _ = ip(&["route", "del", "unreachable", &self.subnet, "metric", "4000"]);
+        let _ = ip(&[
+            "route",
+            "del",
+            "unreachable",
+            &self.subnet,
+            "metric",
+            "4000",
+        ]);
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }

@@ -99,7 +99,10 @@ fn a_cni_pod_gets_its_address_in_the_vm_and_serves_on_it() {
         if let Some(b) = get(&format!("{pod_ip}:8080")) {
             break b;
         }
-        assert!(Instant::now() < deadline, "the pod never answered on {pod_ip}:8080");
+        assert!(
+            Instant::now() < deadline,
+            "the pod never answered on {pod_ip}:8080"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(body, "hello-from-pod\n");
