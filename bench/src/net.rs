@@ -15,15 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::cli::{Husk, text};
-use integration_tests::netns::{Attached, BridgeNetwork};
-
-/// A spec fragment joining the network namespace at `path`.
-fn joining(path: &Path) -> serde_json::Value {
-    serde_json::json!({"linux": {"namespaces": [
-        {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
-        {"type": "network", "path": path}
-    ]}})
-}
+use integration_tests::netns::{Attached, BridgeNetwork, joining_network};
 
 /// Copies the host's iperf3 and the libraries it loads into `rootfs`.
 fn add_iperf3(rootfs: &Path) -> Result<(), String> {
@@ -84,7 +76,7 @@ fn iperf3(net: &BridgeNetwork, ip: &str, secs: u32, reverse: bool) -> Result<f64
 /// `n` one-byte request/response exchanges with the echo server at
 /// `ip`:7000, from a thread in the host namespace: round-trip times, µs.
 fn round_trips(net: &BridgeNetwork, ip: &str, n: usize) -> Result<Vec<f64>, String> {
-    let ns = Path::new("/var/run/netns").join(&net.host_ns);
+    let ns = integration_tests::netns::ns_path(&net.host_ns);
     let addr = format!("{ip}:7000");
     std::thread::spawn(move || {
         use std::os::fd::AsRawFd;
@@ -164,12 +156,12 @@ fn main() {
     let husk_bundle = h.bundle(
         "husk",
         &["/bin/sh", "-c", SERVERS],
-        joining(&husk_ns.path()),
+        joining_network(&husk_ns.path()),
     );
     let runc_bundle = h.bundle(
         "runc",
         &["/bin/sh", "-c", SERVERS],
-        joining(&runc_ns.path()),
+        joining_network(&runc_ns.path()),
     );
     for b in [&husk_bundle, &runc_bundle] {
         if let Err(e) = add_iperf3(&b.join("rootfs")) {

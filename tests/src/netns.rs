@@ -21,6 +21,32 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The path of named network namespace `ns`.
+pub fn ns_path(ns: &str) -> std::path::PathBuf {
+    std::path::Path::new("/var/run/netns").join(ns)
+}
+
+/// `ip -n NS ARGS`: its standard output.
+fn ip_output(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A runtime-spec fragment (for `Husk::bundle`) giving a container the
+/// usual namespaces and joining the network namespace at `path`, as CNI
+/// users' specs do.
+pub fn joining_network(path: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({"linux": {"namespaces": [
+        {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
+        {"type": "network", "path": path}
+    ]}})
+}
+
 /// Picks a namespace name for test `tag` and a free-looking /24 in
 /// `10.<second>.0.0/16`, and guards that subnet with an `unreachable` route
 /// in the root namespace (first, so a half-built set-up never routes
@@ -173,18 +199,12 @@ impl VethNamespace {
 
     /// The container namespace's path.
     pub fn path(&self) -> std::path::PathBuf {
-        std::path::Path::new("/var/run/netns").join(&self.ns)
+        ns_path(&self.ns)
     }
 
     /// `ip -n NS ARGS` in the container's namespace; its output.
     pub fn ip_in(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.ns)
-            .args(args)
-            .output()
-            .expect("run ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ip_output(&self.ns, args)
     }
 
     /// A command run inside the peer's namespace.
@@ -220,18 +240,12 @@ pub struct Attached {
 impl Attached {
     /// The namespace's path.
     pub fn path(&self) -> std::path::PathBuf {
-        std::path::Path::new("/var/run/netns").join(&self.ns)
+        ns_path(&self.ns)
     }
 
     /// `ip -n NS ARGS`: its output.
     pub fn ip_in(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.ns)
-            .args(args)
-            .output()
-            .expect("run ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ip_output(&self.ns, args)
     }
 }
 
@@ -393,7 +407,7 @@ impl HttpServer {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let path = ns.map(|ns| std::path::Path::new("/var/run/netns").join(ns));
+        let path = ns.map(ns_path);
         let addr = addr.to_string();
         let (tx, rx) = std::sync::mpsc::channel();
         let body = body.to_string();

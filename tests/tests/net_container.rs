@@ -7,21 +7,17 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use integration_tests::cli::{Husk, text};
-use integration_tests::netns::{Attached, BridgeNetwork, HttpServer};
-
-/// A spec fragment joining the network namespace at `path`.
-fn joining(path: &std::path::Path) -> serde_json::Value {
-    serde_json::json!({"linux": {"namespaces": [
-        {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
-        {"type": "network", "path": path}
-    ]}})
-}
+use integration_tests::netns::{Attached, BridgeNetwork, HttpServer, joining_network};
 
 /// A container serving `word` over HTTP on port 8080 in namespace `net`.
 fn serve(h: &Husk, id: &str, word: &str, net: &Attached) {
     let script =
         format!("mkdir -p /www && echo {word} > /www/index.html && exec httpd -f -p 8080 -h /www");
-    let b = h.bundle(id, &["/bin/sh", "-c", &script], joining(&net.path()));
+    let b = h.bundle(
+        id,
+        &["/bin/sh", "-c", &script],
+        joining_network(&net.path()),
+    );
     let out = h.create(&b, id, &[]);
     assert!(out.status.success(), "create {id}: {}", text(&out.stderr));
     let out = h.run(&["start", id]);
@@ -226,7 +222,7 @@ fn without_interfaces_the_guest_has_loopback_only() {
     let script = "ip -o link | cut -d: -f2; ip -o addr show lo | grep -c 127.0.0.1";
     for (id, extra) in [
         // A namespace with loopback only.
-        ("in-empty", joining(&empty.path())),
+        ("in-empty", joining_network(&empty.path())),
         // No namespace named: the spec's own (new, empty) one.
         ("no-netns", serde_json::json!({})),
     ] {
@@ -250,7 +246,7 @@ fn a_missing_network_namespace_is_refused_and_leaves_nothing() {
     let b = h.bundle(
         "bad",
         &["/bin/true"],
-        joining(std::path::Path::new("/var/run/netns/husk-no-such-ns")),
+        joining_network(std::path::Path::new("/var/run/netns/husk-no-such-ns")),
     );
     let out = h.create(&b, "bad", &[]);
     assert!(!out.status.success());
