@@ -16,6 +16,10 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 cargo build --release --manifest-path fuzz/Cargo.toml --target "$target" --target-dir fuzz/target --bins
 [ "$secs" -gt 0 ] || exit 0
+# The targets' scratch files go in a directory removed at the end.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR=$scratch
 for t in block_queue rng_queue vsock_packet mmio_transport api_request agent_message; do
     mkdir -p "fuzz/corpus/$t" fuzz/artifacts
     # Inputs that once crashed a target run first, each once.

@@ -314,12 +314,26 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
     }
 
-    fn temp(name: &str, bytes: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("husk-boot-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
+    /// A scratch file, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn temp(name: &str, bytes: &[u8]) -> TempFile {
+        let p = std::env::temp_dir().join(format!("husk-boot-test-{}-{name}", std::process::id()));
         std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
-        p
+        TempFile(p)
     }
 
     #[test]
