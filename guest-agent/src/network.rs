@@ -17,8 +17,9 @@ use netlink_sys::Socket;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use protocol::network::{Interface, NetworkConfig, Route, parse_mac};
 
-/// Most link messages read from one dump (the guest has a handful).
-const MAX_LINKS: usize = 64;
+/// Most messages one request may answer with (a link dump: the guest has
+/// a handful of links).
+const MAX_ANSWERS: usize = 64;
 
 /// Errors configuring the guest's network.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +108,7 @@ impl Rtnl {
                     }
                     NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(answers),
                     NetlinkPayload::InnerMessage(m) => {
-                        if answers.len() == MAX_LINKS {
+                        if answers.len() == MAX_ANSWERS {
                             return Err(NetError::Decode("too many answers".into()));
                         }
                         answers.push(m);

@@ -1,7 +1,8 @@
 //! QEMU backend: `qemu-system-x86_64 -M microvm` with virtio-mmio devices
-//! (modern transport; TAP networking in the container's namespace), guest memory in a shared memfd so that
-//! `vhost-device-vsock` can serve vsock with the hybrid Unix-socket
-//! convention. TCG unless KVM is hardware-backed.
+//! (modern transport; TAPs in the container's network namespace), guest
+//! memory in a shared memfd so that `vhost-device-vsock` can serve vsock
+//! with the hybrid Unix-socket convention. TCG unless KVM is
+//! hardware-backed.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
