@@ -10,11 +10,13 @@ pkgs=(
     busybox-static                                                     # test guest userland
     iproute2                                                           # test network namespaces and TAPs
     e2fsprogs erofs-utils                                              # container root file system images
-    libseccomp-dev pkg-config                                          # seccomp in the static agent
+    libseccomp-dev pkg-config                                          # seccomp in the static agent and virtiofsd
+    libcap-ng-dev                                                      # virtiofsd's build
     podman runc crun containerd                                        # real OCI clients and peer runtimes
     containernetworking-plugins                                        # CNI plugins for containerd's CRI
     protobuf-compiler                                                  # CRI test client (k8s-cri's build)
     iperf3                                                             # network benchmark
+    fio                                                                # file system benchmark
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -36,6 +38,13 @@ fi
 if ! command -v vhost-device-vsock >/dev/null && [ ! -x "$HOME/.cargo/bin/vhost-device-vsock" ]; then
     echo "installing vhost-device-vsock from crates.io" >&2
     cargo install --quiet --locked vhost-device-vsock --version 0.3.0
+fi
+
+# virtio-fs for Linux guests under QEMU: the upstream vhost-user file
+# system daemon.
+if ! command -v virtiofsd >/dev/null && [ ! -x "$HOME/.cargo/bin/virtiofsd" ]; then
+    echo "installing virtiofsd from crates.io" >&2
+    cargo install --quiet --locked virtiofsd --version 1.14.0
 fi
 
 if [ ! -c /dev/kvm ]; then

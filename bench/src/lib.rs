@@ -169,3 +169,29 @@ pub fn print_idle_memory(name: &str, unit: &str, namespace: &str, shim: &str, id
         detail.join(", ")
     );
 }
+
+/// Copies the host program `bin` and the libraries it loads (as `ldd`
+/// lists them) into `rootfs`, at the same paths.
+pub fn add_program(bin: &str, rootfs: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map_err(|e| format!("ldd: {e}"))?;
+    let mut files = vec![bin.to_string()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libx.so => /lib/…/libx.so (0x…)" or "/lib64/ld-linux….so.2 (0x…)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(p.to_string());
+        }
+    }
+    for f in files {
+        let dst = rootfs.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().unwrap_or(rootfs)).map_err(|e| e.to_string())?;
+        std::fs::copy(&f, &dst).map_err(|e| format!("{f}: {e}"))?;
+    }
+    Ok(())
+}

@@ -17,32 +17,6 @@ use std::time::{Duration, Instant};
 use integration_tests::cli::{Husk, text};
 use integration_tests::netns::{Attached, BridgeNetwork, joining_network};
 
-/// Copies the host's iperf3 and the libraries it loads into `rootfs`.
-fn add_iperf3(rootfs: &Path) -> Result<(), String> {
-    let bin = "/usr/bin/iperf3";
-    let out = Command::new("ldd")
-        .arg(bin)
-        .output()
-        .map_err(|e| format!("ldd: {e}"))?;
-    let mut files = vec![bin.to_string()];
-    for line in text(&out.stdout).lines() {
-        // "libx.so => /lib/…/libx.so (0x…)" or "/lib64/ld-linux….so.2 (0x…)"
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push(p.to_string());
-        }
-    }
-    for f in files {
-        let dst = rootfs.join(f.trim_start_matches('/'));
-        std::fs::create_dir_all(dst.parent().unwrap()).map_err(|e| e.to_string())?;
-        std::fs::copy(&f, &dst).map_err(|e| format!("{f}: {e}"))?;
-    }
-    Ok(())
-}
-
 const SERVERS: &str = "/usr/bin/iperf3 -s -p 5201 >/dev/null 2>&1 & exec nc -ll -p 7000 -e cat";
 
 /// iperf3 from the host namespace to `ip` (`reverse`: the container
@@ -164,7 +138,7 @@ fn main() {
         joining_network(&runc_ns.path()),
     );
     for b in [&husk_bundle, &runc_bundle] {
-        if let Err(e) = add_iperf3(&b.join("rootfs")) {
+        if let Err(e) = husk_bench::add_program("/usr/bin/iperf3", &b.join("rootfs")) {
             eprintln!("cannot put iperf3 in the bundle: {e} (apt-get install iperf3)");
             std::process::exit(1);
         }

@@ -75,6 +75,14 @@ pub fn create(cfg: &SandboxConfig) -> Result<(), ErrorReply> {
     cfg.network
         .validate()
         .map_err(|e| err(ErrorCode::InvalidArgument, format!("network: {e}")))?;
+    if let Some(tag) = &cfg.shared_fs
+        && !valid_fs_tag(tag)
+    {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("invalid virtio-fs tag {tag:?}"),
+        ));
+    }
     if !cfg.hostname.is_empty() {
         crate::init::set_hostname(&cfg.hostname)
             .map_err(|e| err(ErrorCode::Internal, format!("hostname: {e}")))?;
@@ -106,7 +114,31 @@ pub fn create(cfg: &SandboxConfig) -> Result<(), ErrorReply> {
         };
         err(code, format!("network: {e}"))
     })?;
+    if let Some(tag) = &cfg.shared_fs {
+        mount_shared_fs(tag)?;
+    }
     Ok(())
+}
+
+/// A virtio-fs tag: what the device's 36-byte tag field holds.
+fn valid_fs_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 36
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Mounts the virtio-fs device tagged `tag` at [`protocol::SHARED_FS_DIR`]
+/// (no device nodes: the host's are not the guest's to open).
+fn mount_shared_fs(tag: &str) -> Result<(), ErrorReply> {
+    let dir = std::path::Path::new(protocol::SHARED_FS_DIR);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(ErrorCode::Internal, format!("{}: {e}", dir.display())))?;
+    crate::container::mount(tag, dir, "virtiofs", libc::MS_NODEV, None).map_err(|e| ErrorReply {
+        code: e.code,
+        message: format!("shared file system: {}", e.message),
+    })
 }
 
 fn kib(text: &str, key: &str) -> u64 {

@@ -20,7 +20,24 @@ pub use messages::{
 };
 
 /// Protocol version checked on connect.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
+
+/// Where the agent mounts the sandbox's shared file system (virtio-fs).
+pub const SHARED_FS_DIR: &str = "/run/husk/shared";
+
+/// Longest path below [`SHARED_FS_DIR`].
+pub const MAX_SHARE_PATH: usize = 1024;
+
+/// Whether `path` names something below [`SHARED_FS_DIR`]: relative, at
+/// most [`MAX_SHARE_PATH`] bytes, no empty, `.` or `..` component, no NUL.
+pub fn is_share_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= MAX_SHARE_PATH
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
 
 /// Largest file [`Call::WriteFile`] takes.
 pub const MAX_FILE: usize = 128 * 1024;
@@ -33,3 +50,19 @@ pub const STDIO_PORT: u32 = 1025;
 
 // vsock ports below 1024 are reserved for privileged services.
 const _: () = assert!(AGENT_CONTROL_PORT >= 1024);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn share_paths() {
+        for good in ["c1/0", "c1/rootfs", "a.b/..c"] {
+            assert!(super::is_share_path(good), "{good}");
+        }
+        for bad in ["", "/c1", "c1/../x", "c1//x", "./c1", "c1/", "..", "a\0b"] {
+            assert!(!super::is_share_path(bad), "{bad:?}");
+        }
+        assert!(!super::is_share_path(
+            &"a".repeat(super::MAX_SHARE_PATH + 1)
+        ));
+    }
+}

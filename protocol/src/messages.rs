@@ -197,6 +197,11 @@ pub struct SandboxConfig {
     /// The guest's interfaces and routes (empty: loopback only).
     #[serde(default)]
     pub network: crate::network::NetworkConfig,
+    /// Tag of the VM's virtio-fs device, mounted at
+    /// [`crate::SHARED_FS_DIR`]: host directories shared with the guest
+    /// (bind mounts, volumes, root file systems) are below it.
+    #[serde(default)]
+    pub shared_fs: Option<String>,
 }
 
 /// A file system for the guest to mount.
@@ -205,10 +210,13 @@ pub struct SandboxConfig {
 pub struct Storage {
     /// Where it comes from.
     pub source: StorageSource,
-    /// File system type (`ext4`, `erofs`; `virtiofs` for a shared one).
+    /// File system type (`ext4`, `erofs`; `virtiofs` for a shared
+    /// directory).
     pub fstype: String,
     /// Give the container a writable layer: an overlay whose upper
-    /// directory is on guest tmpfs over the read-only source.
+    /// directory is on guest tmpfs over the read-only source. Without it a
+    /// block source is read-only and a shared directory is written in
+    /// place (on the host, as runc would).
     #[serde(default)]
     pub overlay: bool,
 }
@@ -222,10 +230,11 @@ pub enum StorageSource {
         /// The serial.
         serial: String,
     },
-    /// A virtio-fs share, by its tag.
+    /// A directory of the sandbox's shared file system
+    /// ([`SandboxConfig::shared_fs`]).
     VirtioFs {
-        /// The tag.
-        tag: String,
+        /// Relative to [`crate::SHARED_FS_DIR`]; see [`crate::is_share_path`].
+        path: String,
     },
 }
 

@@ -9,3 +9,4 @@ pub mod hypervisor;
 pub mod network;
 pub mod rootfs;
 pub mod runtime;
+pub mod shares;

@@ -50,6 +50,9 @@ pub enum RootfsError {
     /// An unknown format name.
     #[error("unknown rootfs image format {0:?} (expected erofs or ext4)")]
     UnknownFormat(String),
+    /// An unknown delivery name.
+    #[error("unknown rootfs delivery {0:?} (expected auto, block or virtio-fs)")]
+    UnknownDelivery(String),
 }
 
 /// The file system of a rootfs image.
@@ -86,6 +89,57 @@ impl FromStr for ImageFormat {
             "erofs" => Ok(ImageFormat::Erofs),
             "ext4" => Ok(ImageFormat::Ext4),
             other => Err(RootfsError::UnknownFormat(other.to_string())),
+        }
+    }
+}
+
+/// How a container's root file system reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// virtio-fs where `virtiofsd` is installed, a block image otherwise:
+    /// no image to build at create (faster starts, more so for large
+    /// trees; `bench-fs` measures it), and the container writes its tree
+    /// in place as with runc.
+    #[default]
+    Auto,
+    /// A read-only image built from the tree at create, as a virtio-blk
+    /// drive, under a guest tmpfs overlay.
+    Block,
+    /// The tree itself, shared by virtio-fs and written in place.
+    VirtioFs,
+}
+
+impl Delivery {
+    /// The delivery to use on this host: `Auto` is virtio-fs when
+    /// `virtiofsd` is installed, a block image otherwise.
+    pub fn resolve(self) -> Delivery {
+        match self {
+            Delivery::Auto if crate::hypervisor::virtiofs_available() => Delivery::VirtioFs,
+            Delivery::Auto => Delivery::Block,
+            d => d,
+        }
+    }
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Delivery::Auto => "auto",
+            Delivery::Block => "block",
+            Delivery::VirtioFs => "virtio-fs",
+        })
+    }
+}
+
+impl FromStr for Delivery {
+    type Err = RootfsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Delivery::Auto),
+            "block" => Ok(Delivery::Block),
+            "virtio-fs" => Ok(Delivery::VirtioFs),
+            other => Err(RootfsError::UnknownDelivery(other.to_string())),
         }
     }
 }

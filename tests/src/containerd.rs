@@ -60,7 +60,9 @@ impl Containerd {
                  [{cri}.containerd]\n  default_runtime_name = \"runc\"\n\
                  [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
                  [{cri}.containerd.runtimes.{CRI_HANDLER}]\n  \
-                 runtime_type = \"{runtime}\"\n",
+                 runtime_type = \"{runtime}\"\n  \
+                 pod_annotations = [\"io.husk.*\"]\n  \
+                 container_annotations = [\"io.husk.*\"]\n",
                 cni = dir.join("cni").display(),
                 runtime = crate::shim::RUNTIME,
             );

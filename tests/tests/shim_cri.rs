@@ -228,19 +228,20 @@ fn cri_refuses_what_it_cannot_run_and_leaves_nothing() {
     assert!(e.message().contains("no-such-handler"), "{e:?}");
 
     let pod = cri.run_pod(&pod_cfg, CRI_HANDLER).expect("RunPodSandbox");
-    // A host directory bind mount needs a shared file system: refused at
-    // create, naming it; the pod goes on.
-    let mut cfg = container_config("vol", IMAGE, &["true"]);
-    cfg.mounts.push(api::Mount {
-        container_path: "/data".into(),
-        host_path: logs.display().to_string(),
-        ..Default::default()
-    });
+    // An annotation husk cannot honour: refused at create, naming it; the
+    // pod goes on.
+    let mut cfg = container_config("bad-annotation", IMAGE, &["true"]);
+    cfg.annotations
+        .insert("io.husk.rootfs".into(), "nfs".into());
     let e = cri
         .create_container(&pod, &pod_cfg, cfg)
         .and_then(|id| cri.start_container(&id).map(|()| id))
-        .expect_err("a host directory mount");
-    assert!(e.message().contains("not implemented"), "{e:?}");
+        .expect_err("an invalid rootfs delivery");
+    assert!(
+        e.message()
+            .contains("io.husk.rootfs: \"nfs\" is not auto, block or virtio-fs"),
+        "{e:?}"
+    );
     // A command that does not exist in the image.
     let id = cri
         .create_container(

@@ -24,6 +24,7 @@ use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{self, I8042Device};
 use crate::devices::legacy::serial::{self, ConsoleOut, ConsoleSink, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -74,6 +75,9 @@ pub enum BuildError {
     /// The entropy device could not be created.
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// A virtio-fs device could not reach its back end.
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// A vCPU ioctl failed.
     #[error("cannot {what}: {source}")]
     Kvm {
@@ -164,7 +168,8 @@ impl Drop for JoinGuard {
 }
 
 /// Creates the configured virtio devices: drives (the root drive first, so
-/// that it is `/dev/vda`), then the entropy device.
+/// that it is `/dev/vda`), network interfaces, vsock, the entropy device,
+/// then the virtio-fs devices.
 fn attach_virtio_devices(
     config: &VmConfig,
     vm_fd: &VmFd,
@@ -206,6 +211,10 @@ fn attach_virtio_devices(
     }
     if config.entropy.is_some() {
         manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(Rng::new()?)))?;
+    }
+    for f in &config.fs {
+        let fs = Fs::new(&f.tag, &f.socket)?;
+        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(fs)))?;
     }
     Ok(())
 }
@@ -253,7 +262,8 @@ pub fn build_microvm(
     let vm_fd = Arc::new(vm::create_vm(&kvm)?);
 
     // 2. Guest memory.
-    let mem = memory::create_guest_memory(machine.mem_size_bytes())?;
+    // vhost-user back ends map guest memory: it must be a shared memfd.
+    let mem = memory::create_guest_memory(machine.mem_size_bytes(), !config.fs.is_empty())?;
     // SAFETY: `mem` is kept alive as long as the VM: it is joined below before
     // any use, and moved into the returned `Vm` next to the VM fd; on an
     // early error return the thread is joined by `JoinGuard` first.

@@ -326,6 +326,41 @@ pub struct EntropyConfig {
     pub rate_limiter: Option<serde_json::Value>,
 }
 
+/// `fs`: a virtio-fs device whose back end is a vhost-user daemon (such as
+/// virtiofsd) listening on `socket` (husk's addition to Firecracker's
+/// schema, after Cloud Hypervisor's `--fs tag=,socket=`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs <tag>`): 1-36 bytes
+    /// of `[A-Za-z0-9_-]`.
+    pub tag: String,
+    /// The back end's vhost-user socket.
+    pub socket: PathBuf,
+}
+
+/// Longest virtio-fs tag (the configuration space's field).
+pub const FS_TAG_LEN: usize = 36;
+
+impl FsConfig {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ok = !self.tag.is_empty()
+            && self.tag.len() <= FS_TAG_LEN
+            && self
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(ConfigError::BadValue("fs[].tag"));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("fs[].socket"));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration file (`--config-file`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +391,9 @@ pub struct VmConfig {
     /// vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
 }
 
 impl VmConfig {
@@ -420,6 +458,16 @@ impl VmConfig {
         }
         if let Some(v) = &self.vsock {
             v.validate()?;
+        }
+        for (i, f) in self.fs.iter().enumerate() {
+            f.validate()?;
+            if self.fs[..i].iter().any(|o| o.tag == f.tag) {
+                return Err(ConfigError::BadValue("fs[].tag (duplicate)"));
+            }
+        }
+        let devices = self.drives.len() + self.network_interfaces.len() + self.fs.len();
+        if devices > MAX_DRIVES {
+            return Err(ConfigError::TooManyDrives(devices));
         }
         Ok(())
     }
@@ -611,5 +659,28 @@ mod tests {
             cfg.validate(HOST),
             Err(ConfigError::MissingBootSource)
         ));
+    }
+
+    #[test]
+    fn fs_devices() {
+        let with_fs = |fs: serde_json::Value| {
+            let v = serde_json::json!({"boot-source": {"kernel_image_path": "/k"}, "fs": fs});
+            parse(&v.to_string())?.validate(HOST)
+        };
+        with_fs(serde_json::json!([{"tag": "husk", "socket": "/run/fs.sock"}])).unwrap();
+        let e = with_fs(serde_json::json!([{"tag": "a b", "socket": "/s"}])).unwrap_err();
+        assert_eq!(e.to_string(), "fs[].tag has an unsupported value");
+        let long = "t".repeat(FS_TAG_LEN + 1);
+        assert!(with_fs(serde_json::json!([{"tag": long, "socket": "/s"}])).is_err());
+        let e = with_fs(serde_json::json!([{"tag": "x", "socket": ""}])).unwrap_err();
+        assert!(e.to_string().contains("fs[].socket"), "{e}");
+        let e = with_fs(serde_json::json!([
+            {"tag": "x", "socket": "/a"}, {"tag": "x", "socket": "/b"}
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+        let e = with_fs(serde_json::json!([{"tag": "x", "socket": "/a", "cache": "auto"}]))
+            .unwrap_err();
+        assert!(e.to_string().contains("cache"), "{e}");
     }
 }

@@ -20,6 +20,7 @@ use protocol::{ErrorCode, ErrorReply, ExitInfo, Storage};
 
 use self::process::Process;
 use self::rootfs::RootfsMounts;
+pub use self::rootfs::mount;
 use crate::cgroup;
 use crate::reaper::reaper;
 

@@ -45,7 +45,8 @@ fn cstr(s: &str) -> Result<CString, ErrorReply> {
     CString::new(s).map_err(|_| err(ErrorCode::InvalidArgument, format!("NUL in {s:?}")))
 }
 
-fn mount(
+/// mount(2) with errors naming what was mounted where.
+pub fn mount(
     source: &str,
     target: &Path,
     fstype: &str,
@@ -109,12 +110,7 @@ impl RootfsMounts {
 pub fn mount_rootfs(storage: &Storage, bundle: &Path) -> Result<RootfsMounts, ErrorReply> {
     let serial = match &storage.source {
         StorageSource::Block { serial } => serial,
-        StorageSource::VirtioFs { tag } => {
-            return Err(err(
-                ErrorCode::NotImplemented,
-                format!("not implemented: virtio-fs root file system (tag {tag:?})"),
-            ));
-        }
+        StorageSource::VirtioFs { path } => return mount_shared_rootfs(path, storage, bundle),
     };
     if !matches!(storage.fstype.as_str(), "ext4" | "erofs") {
         return Err(err(
@@ -129,22 +125,91 @@ pub fn mount_rootfs(storage: &Storage, bundle: &Path) -> Result<RootfsMounts, Er
         )
     })?;
     flush_buffers(&dev);
-    let mounts = RootfsMounts {
-        bundle: bundle.to_path_buf(),
-    };
     let image = bundle.join("image");
-    let rootfs = bundle.join("rootfs");
     mkdir(&image)?;
-    mkdir(&rootfs)?;
-    let result = (|| {
+    mount_layers(bundle, storage.overlay, || {
         mount(
             &dev.to_string_lossy(),
             &image,
             &storage.fstype,
             libc::MS_RDONLY | libc::MS_NODEV,
             None,
-        )?;
-        if storage.overlay {
+        )
+    })
+}
+
+/// Mounts a directory of the shared file system as the root: in place
+/// (written on the host) or, with `overlay`, under a guest tmpfs layer.
+fn mount_shared_rootfs(
+    path: &str,
+    storage: &Storage,
+    bundle: &Path,
+) -> Result<RootfsMounts, ErrorReply> {
+    if !protocol::is_share_path(path) {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("rootfs: invalid shared path {path:?}"),
+        ));
+    }
+    if storage.fstype != "virtiofs" {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "rootfs fstype {:?} of a shared directory is not virtiofs",
+                storage.fstype
+            ),
+        ));
+    }
+    let source = Path::new(protocol::SHARED_FS_DIR).join(path);
+    if !source.is_dir() {
+        return Err(err(
+            ErrorCode::NotFound,
+            format!("rootfs: no shared directory {path:?}"),
+        ));
+    }
+    let source = source.to_string_lossy().into_owned();
+    let image = bundle.join("image");
+    mkdir(&image)?;
+    if storage.overlay {
+        mount_layers(bundle, true, || {
+            mount(&source, &image, "", libc::MS_BIND | libc::MS_REC, None)
+        })
+    } else {
+        let rootfs = bundle.join("rootfs");
+        mkdir(&rootfs)?;
+        let mounts = RootfsMounts {
+            bundle: bundle.to_path_buf(),
+        };
+        // The share is `nodev`; a root is the container's own tree, where a
+        // spec without a /dev tmpfs has its device nodes made (as runc
+        // makes them), so its bind drops that flag. The guest's device
+        // cgroup still decides what the container may open.
+        mount(&source, &rootfs, "", libc::MS_BIND | libc::MS_REC, None)
+            .and_then(|()| mount("", &rootfs, "", libc::MS_BIND | libc::MS_REMOUNT, None))
+            .inspect_err(|_| {
+                mounts.unmount();
+            })?;
+        Ok(mounts)
+    }
+}
+
+/// Mounts the image with `mount_image` at `image/`, then `rootfs/` as an
+/// overlay of it on a tmpfs upper layer (or, without `overlay`, a read-only
+/// bind of it); undoes everything on failure.
+fn mount_layers(
+    bundle: &Path,
+    overlay: bool,
+    mount_image: impl FnOnce() -> Result<(), ErrorReply>,
+) -> Result<RootfsMounts, ErrorReply> {
+    let mounts = RootfsMounts {
+        bundle: bundle.to_path_buf(),
+    };
+    let image = bundle.join("image");
+    let rootfs = bundle.join("rootfs");
+    mkdir(&rootfs)?;
+    let result = (|| {
+        mount_image()?;
+        if overlay {
             let scratch = bundle.join("scratch");
             mkdir(&scratch)?;
             mount("tmpfs", &scratch, "tmpfs", libc::MS_NODEV, Some(UPPER_SIZE))?;

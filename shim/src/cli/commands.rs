@@ -396,6 +396,9 @@ fn force_delete(store: &Store, id: &str) -> Result<(), CliError> {
         if let Some(net) = &state.network {
             net.release();
         }
+        if let Some(shares) = &state.shares {
+            shares.release();
+        }
         hooks::run_warning(
             &state.hooks,
             HookKind::Poststop,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::Vm;
 use crate::runtime::state::start_time;
+use crate::shares::ShareRoot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -82,11 +83,14 @@ pub struct Sandbox {
     vm: Mutex<Option<Vm>>,
     dead: AtomicBool,
     slots: Mutex<Vec<Slot>>,
+    /// The host directories it shares by virtio-fs, if it has the device.
+    pub shares: Option<ShareRoot>,
 }
 
 impl Sandbox {
-    /// Wraps a booted VM with its spare drives (serial, backing file).
-    pub fn new(vm: Vm, slots: Vec<(String, PathBuf)>) -> Arc<Sandbox> {
+    /// Wraps a booted VM with its spare drives (serial, backing file) and
+    /// share root.
+    pub fn new(vm: Vm, slots: Vec<(String, PathBuf)>, shares: Option<ShareRoot>) -> Arc<Sandbox> {
         Arc::new(Sandbox {
             vsock: vm.vsock_path().to_path_buf(),
             vmm_pid: vm.pid().unwrap_or(0),
@@ -102,6 +106,7 @@ impl Sandbox {
                     })
                     .collect(),
             ),
+            shares,
         })
     }
 
@@ -188,6 +193,13 @@ pub struct Record {
     /// The TAPs joined in the pod's (or task's) network namespace.
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
+    /// The share root of the VM this task owns.
+    #[serde(default)]
+    pub shares: Option<ShareRoot>,
+    /// What this task bound below its pod VM's share root: the root and
+    /// the task's name below it.
+    #[serde(default)]
+    pub share_binds: Option<(ShareRoot, String)>,
 }
 
 /// The record's file in a task directory.
@@ -214,9 +226,17 @@ pub fn clean_up(dir: &Path) {
     if let Some(net) = &record.network {
         net.release();
     }
+    if let Some((root, name)) = &record.share_binds {
+        root.unbind(name);
+    }
+    if let Some(root) = &record.shares {
+        root.release();
+    }
     if let Some(m) = &record.rootfs_mount {
         unmount(m);
     }
+    // Nothing bound from the host may remain below what is removed.
+    unmount(dir);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -240,38 +260,4 @@ pub fn kill_recorded(processes: &[(i32, u64)]) {
     }
 }
 
-/// Unmounts `target` and whatever is mounted below it.
-pub fn unmount(target: &Path) {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let below = format!("{}/", target.display());
-    let mut points: Vec<String> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .filter(|m| Path::new(m) == target || m.starts_with(&below))
-        .collect();
-    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    points.dedup();
-    for m in points {
-        // Stacked mounts on one point come off one at a time.
-        while nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
-    }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::shares::unmount;

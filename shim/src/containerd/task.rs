@@ -29,12 +29,13 @@ use super::process::{Process, StdioPaths};
 use super::sandbox::{Launcher, Record, Sandbox, clean_up, save_record, unmount};
 use crate::agent::AgentClient;
 use crate::hypervisor::{Drive, VmSpec};
-use crate::rootfs::build_image;
+use crate::rootfs::{Delivery, build_image};
 use crate::runtime::boot::{Booted, boot_vm, check_file, make_vm_dir};
 use crate::runtime::bundle::{Bundle, guest_mounts, write_guest_files};
 use crate::runtime::config::{HuskConfig, sizing};
 use crate::runtime::hooks::{self, HookKind};
 use crate::runtime::state::{check_id, short_name, start_time};
+use crate::shares::{self, ShareRoot};
 
 /// A container and its processes.
 #[derive(Debug)]
@@ -301,34 +302,87 @@ impl Tasks {
             .as_object_mut()
             .and_then(|o| o.remove("hooks"))
             .unwrap_or_default();
-        let files =
+        let mounts =
             guest_mounts(&mut spec, &args.id).map_err(|e| TaskError::invalid(e.to_string()))?;
-        let image = build_image(
-            &bundle.rootfs,
-            &dir.join(format!("rootfs.{}", cfg.rootfs_format)),
-            cfg.rootfs_format,
-        )
-        .map_err(|e| TaskError::invalid(e.to_string()))?;
+        let mut binds = mounts.shares;
+        // A pod's members share through its VM's device when it has one.
+        let delivery = match (&pod_vm, size.rootfs) {
+            (Some(vm), Delivery::Auto) if vm.shares.is_some() => Delivery::VirtioFs,
+            (Some(_), Delivery::Auto) => Delivery::Block,
+            (_, d) => d.resolve(),
+        };
+        if delivery == Delivery::VirtioFs {
+            binds.push(shares::rootfs_bind(&args.id, &bundle.rootfs));
+        }
+        let image = match delivery {
+            Delivery::Auto | Delivery::Block => Some(
+                build_image(
+                    &bundle.rootfs,
+                    &dir.join(format!("rootfs.{}", cfg.rootfs_format)),
+                    cfg.rootfs_format,
+                )
+                .map_err(|e| TaskError::invalid(e.to_string()))?,
+            ),
+            Delivery::VirtioFs => None,
+        };
+        let share_err = |e: shares::ShareError| TaskError::invalid(e.to_string()).context("share");
         let mut t_boot = t0.elapsed();
         let mut spawned = std::time::Duration::ZERO;
         let mut nics = Vec::new();
         let mut net_config = protocol::network::NetworkConfig::default();
         let (sandbox, mut client, serial, owns_vm) = match pod_vm {
             Some(vm) => {
-                let serial = vm
-                    .fill_slot(&image.path)
-                    .map_err(|e| TaskError::precondition(e).context("pod VM"))?;
+                if !binds.is_empty() {
+                    let root = vm.shares.as_ref().ok_or_else(|| {
+                        TaskError::invalid(
+                            "shared directories in a pod VM without virtio-fs (virtiofsd was not found when it started)",
+                        )
+                    })?;
+                    // Recorded first: a failure from here on unbinds them.
+                    record.share_binds = Some((root.clone(), args.id.clone()));
+                    save_record(&dir, &record).map_err(TaskError::internal)?;
+                    for b in &binds {
+                        root.bind(b).map_err(share_err)?;
+                    }
+                }
+                let serial = match &image {
+                    Some(image) => Some(
+                        vm.fill_slot(&image.path)
+                            .map_err(|e| TaskError::precondition(e).context("pod VM"))?,
+                    ),
+                    None => None,
+                };
                 let client = AgentClient::connect(&vm.vsock)?;
                 (vm, client, serial, false)
             }
             None => {
                 let vm_dir = dir.join("vm");
                 make_vm_dir(&vm_dir).map_err(TaskError::internal)?;
-                let mut drives = vec![Drive {
-                    id: "rootfs".into(),
-                    path: image.path.clone(),
-                    read_only: true,
-                }];
+                let backend = size.hypervisor.resolve();
+                let is_pod = matches!(role, PodRole::Sandbox(_));
+                // A pod VM always gets a share root where virtiofsd is
+                // installed: containers joining it later may bind volumes
+                // or share their rootfs.
+                let share =
+                    if !binds.is_empty() || (is_pod && crate::hypervisor::virtiofs_available()) {
+                        let root = ShareRoot::create(&dir.join("shared")).map_err(share_err)?;
+                        record.shares = Some(root.clone());
+                        save_record(&dir, &record).map_err(TaskError::internal)?;
+                        for b in &binds {
+                            root.bind(b).map_err(share_err)?;
+                        }
+                        Some(root)
+                    } else {
+                        None
+                    };
+                let mut drives: Vec<Drive> = image
+                    .iter()
+                    .map(|image| Drive {
+                        id: "rootfs".into(),
+                        path: image.path.clone(),
+                        read_only: true,
+                    })
+                    .collect();
                 if let Some(netns) = &bundle.netns {
                     let (attachment, config) = crate::network::Attachment::create(netns)
                         .map_err(|e| TaskError::invalid(e.to_string()).context("network"))?;
@@ -338,12 +392,14 @@ impl Tasks {
                     // Recorded at once: a failure from here on removes it.
                     save_record(&dir, &record).map_err(TaskError::internal)?;
                 }
-                let slots = if matches!(role, PodRole::Sandbox(_)) {
-                    let count = super::sandbox::POD_SLOTS.checked_sub(nics.len());
-                    let count = count.filter(|c| *c > 0).ok_or_else(|| {
+                let slots = if is_pod {
+                    let others = nics.len() + usize::from(share.is_some());
+                    let count = super::sandbox::POD_SLOTS.checked_sub(others);
+                    // Without virtio-fs, joining containers need a drive.
+                    let count = count.filter(|c| *c > 0 || share.is_some()).ok_or_else(|| {
                         TaskError::invalid(format!(
                             "a pod VM has room for {} network interfaces, not {}",
-                            super::sandbox::POD_SLOTS - 1,
+                            super::sandbox::POD_SLOTS - usize::from(share.is_none()),
                             nics.len()
                         ))
                     })?;
@@ -364,9 +420,9 @@ impl Tasks {
                     drives,
                     netns: bundle.netns.clone(),
                     nics: std::mem::take(&mut nics),
+                    shared_dir: share.as_ref().map(ShareRoot::root),
                     extra_cmdline: String::new(),
                 };
-                let backend = size.hypervisor.resolve();
                 t_boot = t0.elapsed();
                 let booted = self
                     .launcher
@@ -392,14 +448,17 @@ impl Tasks {
                     .filter_map(|p| start_time(p as i32).map(|t| (p as i32, t)))
                     .collect();
                 save_record(&dir, &record).map_err(TaskError::internal)?;
-                let sandbox = Sandbox::new(vm, slots);
+                let shared_fs = share.as_ref().map(|_| shares::TAG.to_string());
+                let sandbox = Sandbox::new(vm, slots, share);
                 undo.sandbox = Some(Arc::clone(&sandbox));
                 client.call_empty(Call::CreateSandbox(SandboxConfig {
                     hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
                     network: std::mem::take(&mut net_config),
+                    shared_fs,
                     ..SandboxConfig::default()
                 }))?;
-                (sandbox, client, "rootfs".to_string(), true)
+                let serial = image.as_ref().map(|_| "rootfs".to_string());
+                (sandbox, client, serial, true)
             }
         };
         let t_ready = t0.elapsed();
@@ -408,7 +467,7 @@ impl Tasks {
             guest_boot_ms: ms(t_ready.saturating_sub(t_boot + spawned)),
             ..Timings::default()
         };
-        write_guest_files(&mut client, files)?;
+        write_guest_files(&mut client, mounts.files)?;
         let init = Arc::new(Process::new(
             &args.id,
             "",
@@ -424,10 +483,13 @@ impl Tasks {
             .call_empty(Call::CreateContainer {
                 id: args.id.clone(),
                 spec,
-                rootfs: Storage {
-                    source: StorageSource::Block { serial },
-                    fstype: image.format.fstype().into(),
-                    overlay: true,
+                rootfs: match (&image, serial) {
+                    (Some(image), Some(serial)) => Storage {
+                        source: StorageSource::Block { serial },
+                        fstype: image.format.fstype().into(),
+                        overlay: true,
+                    },
+                    _ => shares::rootfs_storage(&args.id),
                 },
             })
             .map_err(|e| TaskError::from(e).context("create container"))?;

@@ -51,7 +51,7 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
             })
         })
         .collect();
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "boot-source": {
             "kernel_image_path": spec.kernel,
             "initrd_path": spec.initrd,
@@ -62,6 +62,12 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         "network-interfaces": nics,
         "vsock": {"guest_cid": 3, "uds_path": vsock},
     });
+    let mut helpers = Vec::new();
+    if let Some(shared) = &spec.shared_dir {
+        let socket = dir.join("fs.sock");
+        helpers.push(super::virtiofsd(dir, shared, &socket)?);
+        config["fs"] = serde_json::json!([{"tag": crate::shares::TAG, "socket": socket}]);
+    }
     let config_path = dir.join("vm.json");
     std::fs::write(&config_path, config.to_string()).map_err(|source| HypervisorError::Io {
         path: config_path.clone(),
@@ -83,14 +89,17 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         .stdout(Stdio::null())
         .stderr(Stdio::from(create_file(&dir.join("husk-vmm.log"))?))
         .spawn()
-        .map_err(|source| HypervisorError::Spawn {
-            program: "husk-vmm",
-            source,
+        .map_err(|source| {
+            super::stop_all(&mut helpers);
+            HypervisorError::Spawn {
+                program: "husk-vmm",
+                source,
+            }
         })?;
     Ok(Vm {
         backend: Backend::HuskVmm,
         vmm: Some(vmm),
-        helpers: Vec::new(),
+        helpers,
         vsock,
         console,
     })

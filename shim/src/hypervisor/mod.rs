@@ -8,7 +8,7 @@ mod husk_vmm;
 mod qemu;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -176,6 +176,9 @@ pub struct VmSpec {
     pub netns: Option<PathBuf>,
     /// Network devices.
     pub nics: Vec<Nic>,
+    /// A host directory exported by virtio-fs with tag
+    /// [`crate::shares::TAG`] (served by `virtiofsd`).
+    pub shared_dir: Option<PathBuf>,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
 }
@@ -296,10 +299,7 @@ impl Vm {
     }
 
     fn stop_helpers(&mut self) {
-        for mut c in self.helpers.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_all(&mut self.helpers);
     }
 
     /// Kills the VM.
@@ -418,6 +418,71 @@ pub(crate) fn wait_for_path(
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
+}
+
+/// Starts `virtiofsd` exporting `shared` on `socket`. It runs in its own
+/// mount namespace (a slave of ours, so binds added below `shared` later
+/// reach it), pivoted into `shared`, with its seccomp filter; `auto`
+/// caching keeps host changes visible to the guest within a second.
+pub(crate) fn virtiofsd(
+    dir: &Path,
+    shared: &Path,
+    socket: &Path,
+) -> Result<std::process::Child, HypervisorError> {
+    let program =
+        find_program("virtiofsd", "HUSK_VIRTIOFSD").ok_or(HypervisorError::MissingProgram {
+            program: "virtiofsd",
+            hint: "cargo install virtiofsd (scripts/setup.sh)",
+        })?;
+    let log = dir.join("virtiofsd.log");
+    let mut cmd = Command::new(program);
+    die_with_parent(&mut cmd);
+    // Its own process group, which `stop_all` kills whole: virtiofsd forks
+    // its sandboxed server.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(shared)
+        .args(["--cache", "auto", "--sandbox", "namespace"])
+        .args(["--rlimit-nofile", "0", "--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(create_file(&log)?))
+        .spawn()
+        .map_err(|source| HypervisorError::Spawn {
+            program: "virtiofsd",
+            source,
+        })?;
+    if let Err(e) = wait_for_path(socket, &mut child, "virtiofsd", &log) {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on the process group of our own child.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        return Err(e);
+    }
+    Ok(child)
+}
+
+/// Whether `virtiofsd` can be found (see [`find_program`]).
+pub fn virtiofs_available() -> bool {
+    find_program("virtiofsd", "HUSK_VIRTIOFSD").is_some()
+}
+
+/// Kills and reaps helper processes, with the processes of the group a
+/// helper leads (virtiofsd's sandboxed child), so that none outlives the
+/// call.
+pub(crate) fn stop_all(helpers: &mut Vec<Child>) {
+    for mut h in helpers.drain(..) {
+        if let Ok(pid) = i32::try_from(h.id()) {
+            // SAFETY: kill(2) on the process group our own child leads (a
+            // helper that leads none has no group of its PID: ESRCH).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        let _ = h.kill();
+        let _ = h.wait();
+    }
 }
 
 /// A file in the VM's directory, with its path in errors.

@@ -43,6 +43,17 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
             source,
         })?;
     wait_for_path(&vu, &mut helper, "vhost-device-vsock", &helper_log)?;
+    let mut helpers = vec![helper];
+    let fs_socket = dir.join("fs.sock");
+    if let Some(shared) = &spec.shared_dir {
+        match super::virtiofsd(dir, shared, &fs_socket) {
+            Ok(h) => helpers.push(h),
+            Err(e) => {
+                stop(&mut helpers);
+                return Err(e);
+            }
+        }
+    }
 
     let accel = if super::kvm_kind() == KvmKind::Hardware {
         "kvm"
@@ -88,6 +99,15 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
             .arg("-device")
             .arg(format!("virtio-blk-device,drive={},serial={}", d.id, d.id));
     }
+    if spec.shared_dir.is_some() {
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=fs,path={}", fs_socket.display()))
+            .arg("-device")
+            .arg(format!(
+                "vhost-user-fs-device,chardev=fs,tag={}",
+                crate::shares::TAG
+            ));
+    }
     for (n, nic) in spec.nics.iter().enumerate() {
         cmd.arg("-netdev")
             .arg(format!(
@@ -107,8 +127,7 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         .stderr(Stdio::from(create_file(&dir.join("qemu.log"))?))
         .spawn()
         .map_err(|source| {
-            let _ = helper.kill();
-            let _ = helper.wait();
+            stop(&mut helpers);
             HypervisorError::Spawn {
                 program: "qemu-system-x86_64",
                 source,
@@ -117,8 +136,12 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     Ok(Vm {
         backend: super::Backend::Qemu,
         vmm: Some(vmm),
-        helpers: vec![helper],
+        helpers,
         vsock: hybrid,
         console,
     })
+}
+
+fn stop(helpers: &mut Vec<std::process::Child>) {
+    super::stop_all(helpers);
 }

@@ -225,15 +225,25 @@ fn is_bind(m: &Value) -> bool {
             .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
 }
 
+/// What the guest needs for a spec's bind mounts.
+#[derive(Debug, Default)]
+pub struct GuestMounts {
+    /// Small host files, copied into guest memory.
+    pub files: Vec<GuestFile>,
+    /// Host directories (and large files), shared by virtio-fs.
+    pub shares: Vec<crate::shares::ShareBind>,
+}
+
 /// Rewrites the bind mounts of `spec` (container `id`) for the guest: a
-/// host file becomes a copy written into the guest; a host directory bound
-/// on `/dev/shm` becomes a tmpfs; other host directories need a shared file
-/// system and are refused for now.
-pub fn guest_mounts(spec: &mut Value, id: &str) -> Result<Vec<GuestFile>, BundleError> {
+/// small host file becomes a copy written into guest memory; a host
+/// directory bound on `/dev/shm` becomes a tmpfs; other host directories
+/// (and files too large to copy) become binds of the VM's shared file
+/// system, at `<id>/<index of the mount>`.
+pub fn guest_mounts(spec: &mut Value, id: &str) -> Result<GuestMounts, BundleError> {
     use std::os::unix::fs::PermissionsExt;
-    let mut files = Vec::new();
+    let mut out = GuestMounts::default();
     let Some(mounts) = spec["mounts"].as_array_mut() else {
-        return Ok(files);
+        return Ok(out);
     };
     for (n, m) in mounts.iter_mut().enumerate() {
         if !is_bind(m) {
@@ -247,14 +257,13 @@ pub fn guest_mounts(spec: &mut Value, id: &str) -> Result<Vec<GuestFile>, Bundle
             cause,
         };
         let meta = std::fs::metadata(&source).map_err(|e| err(e.to_string()))?;
-        if meta.is_file() {
-            if meta.len() > protocol::MAX_FILE as u64 {
-                return Err(BundleError::NotImplemented(format!(
-                    "bind mount of host file {} larger than {} bytes",
-                    source.display(),
-                    protocol::MAX_FILE
-                )));
-            }
+        let has_option = |name: &str| {
+            m["options"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|x| x == name))
+        };
+        let (read_only, recursive) = (has_option("ro"), has_option("rbind"));
+        if meta.is_file() && meta.len() <= protocol::MAX_FILE as u64 {
             let data = std::fs::read(&source).map_err(|e| err(e.to_string()))?;
             let name = source
                 .file_name()
@@ -267,7 +276,7 @@ pub fn guest_mounts(spec: &mut Value, id: &str) -> Result<Vec<GuestFile>, Bundle
                 .unwrap_or_default();
             let path = format!("{id}/{n}-{}", name.trim_start_matches('.'));
             m["source"] = Value::String(format!("{GUEST_FILES}/{path}"));
-            files.push(GuestFile {
+            out.files.push(GuestFile {
                 path,
                 data,
                 mode: meta.permissions().mode() & 0o7777,
@@ -279,14 +288,23 @@ pub fn guest_mounts(spec: &mut Value, id: &str) -> Result<Vec<GuestFile>, Bundle
                 "source": "shm",
                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
             });
+        } else if meta.is_dir() || meta.is_file() {
+            let name = format!("{id}/{n}");
+            if !protocol::is_share_path(&name) {
+                return Err(err(format!("container id {id:?} cannot name a share")));
+            }
+            m["source"] = Value::String(format!("{}/{name}", protocol::SHARED_FS_DIR));
+            out.shares.push(crate::shares::ShareBind {
+                name,
+                source: source.clone(),
+                read_only,
+                recursive,
+            });
         } else {
-            return Err(BundleError::NotImplemented(format!(
-                "bind mount of host directory {} on {destination} (host directories need a shared file system)",
-                source.display()
-            )));
+            return Err(err("not a file or directory".into()));
         }
     }
-    Ok(files)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -391,28 +409,46 @@ mod tests {
     }
 
     #[test]
-    fn host_files_are_copied_and_directories_refused() {
+    fn host_files_are_copied_and_directories_shared() {
         let dir = bundle_dir("mounts", &good());
         std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
         let mut spec = serde_json::json!({"mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/etc/hosts", "type": "bind", "source": dir.join("hosts"), "options": ["rbind", "ro"]},
-            {"destination": "/dev/shm", "type": "bind", "source": dir.join("rootfs"), "options": ["bind"]}
+            {"destination": "/dev/shm", "type": "bind", "source": dir.join("rootfs"), "options": ["bind"]},
+            {"destination": "/data", "type": "bind", "source": dir.join("rootfs"), "options": ["rbind", "ro"]},
+            {"destination": "/scratch", "source": dir.join("rootfs"), "options": ["bind", "rw"]}
         ]});
-        let files = guest_mounts(&mut spec, "c1").unwrap();
-        assert_eq!(files.len(), 1);
-        assert_eq!(files[0].path, "c1/1-hosts");
-        assert_eq!(files[0].data, b"127.0.0.1 localhost\n");
+        let m = guest_mounts(&mut spec, "c1").unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(m.files[0].path, "c1/1-hosts");
+        assert_eq!(m.files[0].data, b"127.0.0.1 localhost\n");
         assert_eq!(spec["mounts"][1]["source"], "/run/husk/files/c1/1-hosts");
         assert_eq!(spec["mounts"][2]["type"], "tmpfs");
+        assert_eq!(spec["mounts"][3]["source"], "/run/husk/shared/c1/3");
+        assert_eq!(spec["mounts"][4]["source"], "/run/husk/shared/c1/4");
+        assert_eq!(
+            m.shares,
+            vec![
+                crate::shares::ShareBind {
+                    name: "c1/3".into(),
+                    source: dir.join("rootfs"),
+                    read_only: true,
+                    recursive: true
+                },
+                crate::shares::ShareBind {
+                    name: "c1/4".into(),
+                    source: dir.join("rootfs"),
+                    read_only: false,
+                    recursive: false
+                }
+            ]
+        );
         let mut spec = serde_json::json!({"mounts": [
-            {"destination": "/data", "type": "bind", "source": dir.join("rootfs")}
+            {"destination": "/data", "type": "bind", "source": dir.join("nothere")}
         ]});
         let e = guest_mounts(&mut spec, "c1").unwrap_err().to_string();
-        assert!(
-            e.starts_with("not implemented: bind mount of host directory"),
-            "{e}"
-        );
+        assert!(e.starts_with("mount /data: source "), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

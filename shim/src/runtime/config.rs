@@ -9,6 +9,7 @@
 //! memory_mib = 256
 //! overhead_mib = 64          # added to a spec's memory limit
 //! rootfs_format = "erofs"    # or "ext4"
+//! rootfs = "auto"            # or "block", "virtio-fs"
 //! ```
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::hypervisor::Choice;
-use crate::rootfs::ImageFormat;
+use crate::rootfs::{Delivery, ImageFormat};
 
 /// Where the configuration is read from unless `HUSK_CONFIG` (or the
 /// CLI's `--config`) names a file.
@@ -32,6 +33,8 @@ pub const ANNOTATION_VCPUS: &str = "io.husk.vcpus";
 pub const ANNOTATION_MEMORY: &str = "io.husk.memory_mib";
 /// Annotation overriding the hypervisor.
 pub const ANNOTATION_HYPERVISOR: &str = "io.husk.hypervisor";
+/// Annotation overriding how the root file system is delivered.
+pub const ANNOTATION_ROOTFS: &str = "io.husk.rootfs";
 
 /// Most vCPUs a sandbox gets.
 pub const MAX_VCPUS: u8 = 32;
@@ -90,6 +93,9 @@ pub struct HuskConfig {
     /// File system of root images.
     #[serde(deserialize_with = "format")]
     pub rootfs_format: ImageFormat,
+    /// How root file systems reach the guest.
+    #[serde(deserialize_with = "delivery")]
+    pub rootfs: Delivery,
 }
 
 fn choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Choice, D::Error> {
@@ -98,6 +104,11 @@ fn choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Choice, D::Error> {
 }
 
 fn format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ImageFormat, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn delivery<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Delivery, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
 }
@@ -112,6 +123,7 @@ impl Default for HuskConfig {
             memory_mib: 256,
             overhead_mib: 64,
             rootfs_format: ImageFormat::default(),
+            rootfs: Delivery::default(),
         }
     }
 }
@@ -183,6 +195,8 @@ pub struct Sizing {
     pub memory_mib: u32,
     /// Hypervisor.
     pub hypervisor: Choice,
+    /// Root file system delivery.
+    pub rootfs: Delivery,
 }
 
 /// Sizes a sandbox for a spec with the given cpu quota/period and memory
@@ -197,6 +211,7 @@ pub fn sizing(
         vcpus: cfg.vcpus,
         memory_mib: cfg.memory_mib,
         hypervisor: cfg.hypervisor,
+        rootfs: cfg.rootfs,
     };
     if let Some((quota, period)) = cpu {
         if quota > 0 && period > 0 {
@@ -228,6 +243,11 @@ pub fn sizing(
         s.hypervisor = v
             .parse()
             .map_err(|_| invalid(ANNOTATION_HYPERVISOR, v, "is not auto, husk-vmm or qemu"))?;
+    }
+    if let Some(v) = annotations.get(ANNOTATION_ROOTFS) {
+        s.rootfs = v
+            .parse()
+            .map_err(|_| invalid(ANNOTATION_ROOTFS, v, "is not auto, block or virtio-fs"))?;
     }
     Ok(s)
 }
@@ -275,5 +295,12 @@ mod tests {
         ann.insert(ANNOTATION_VCPUS.to_string(), "99".to_string());
         let e = sizing(&cfg, None, None, &ann).unwrap_err().to_string();
         assert_eq!(e, "io.husk.vcpus: \"99\" is not between 1 and 32");
+        ann.remove(ANNOTATION_VCPUS);
+        ann.insert(ANNOTATION_ROOTFS.to_string(), "virtio-fs".to_string());
+        let s = sizing(&cfg, None, None, &ann).unwrap();
+        assert_eq!(s.rootfs, Delivery::VirtioFs);
+        ann.insert(ANNOTATION_ROOTFS.to_string(), "nfs".to_string());
+        let e = sizing(&cfg, None, None, &ann).unwrap_err().to_string();
+        assert_eq!(e, "io.husk.rootfs: \"nfs\" is not auto, block or virtio-fs");
     }
 }

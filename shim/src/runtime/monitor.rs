@@ -25,7 +25,8 @@ use super::state::{ContainerState, StateError, Status, Store, start_time};
 use super::tty::{self, TtyError};
 use crate::agent::{AgentClient, AgentError, OutputPump, attach};
 use crate::hypervisor::{Drive, HypervisorError, Vm, VmSpec};
-use crate::rootfs::{RootfsError, build_image};
+use crate::rootfs::{Delivery, RootfsError, build_image};
+use crate::shares::{self, ShareGuard, ShareRoot};
 
 /// The descriptor the readiness pipe arrives on.
 pub const READY_FD: i32 = 3;
@@ -63,6 +64,9 @@ pub enum MonitorError {
     /// The container's network.
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// Sharing host directories failed.
+    #[error(transparent)]
+    Shares(#[from] crate::shares::ShareError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -185,13 +189,26 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         .as_object_mut()
         .and_then(|o| o.remove("hooks"))
         .unwrap_or_default();
-    let files = guest_mounts(&mut spec, id)?;
+    let mounts = guest_mounts(&mut spec, id)?;
     let dir = args.store.dir(id);
-    let image = build_image(
-        &bundle.rootfs,
-        &dir.join(format!("rootfs.{}", cfg.rootfs_format)),
-        cfg.rootfs_format,
-    )?;
+    let mut binds = mounts.shares;
+    let delivery = size.rootfs.resolve();
+    if delivery == Delivery::VirtioFs {
+        binds.push(shares::rootfs_bind(id, &bundle.rootfs));
+    }
+    let shares = if binds.is_empty() {
+        ShareGuard::default()
+    } else {
+        ShareGuard::create(&dir.join("shared"), &binds)?
+    };
+    let image = match delivery {
+        Delivery::Auto | Delivery::Block => Some(build_image(
+            &bundle.rootfs,
+            &dir.join(format!("rootfs.{}", cfg.rootfs_format)),
+            cfg.rootfs_format,
+        )?),
+        Delivery::VirtioFs => None,
+    };
     let t_image = t0.elapsed();
     let vm_dir = args.store.vm_dir(id);
     make_vm_dir(&vm_dir)?;
@@ -212,13 +229,17 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         initrd: cfg.initramfs.clone(),
         vcpus: size.vcpus,
         memory_mib: size.memory_mib,
-        drives: vec![Drive {
-            id: "rootfs".into(),
-            path: image.path.clone(),
-            read_only: true,
-        }],
+        drives: image
+            .iter()
+            .map(|image| Drive {
+                id: "rootfs".into(),
+                path: image.path.clone(),
+                read_only: true,
+            })
+            .collect(),
         netns: bundle.netns.clone(),
         nics,
+        shared_dir: shares.root().map(ShareRoot::root),
         extra_cmdline: String::new(),
     };
     let Booted {
@@ -256,20 +277,25 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     client.call_empty(Call::CreateSandbox(SandboxConfig {
         hostname: spec["hostname"].as_str().unwrap_or_default().to_string(),
         network: net_config,
+        shared_fs: shares.root().map(|_| shares::TAG.to_string()),
         ..SandboxConfig::default()
     }))?;
-    write_guest_files(&mut client, files)?;
+    write_guest_files(&mut client, mounts.files)?;
     let streams = Streams::attach(&vsock, id, "", terminal)?;
-    client.call_empty(Call::CreateContainer {
-        id: id.clone(),
-        spec,
-        rootfs: Storage {
+    let rootfs = match &image {
+        Some(image) => Storage {
             source: StorageSource::Block {
                 serial: "rootfs".into(),
             },
             fstype: image.format.fstype().into(),
             overlay: true,
         },
+        None => shares::rootfs_storage(id),
+    };
+    client.call_empty(Call::CreateContainer {
+        id: id.clone(),
+        spec,
+        rootfs,
     })?;
     let running = streams.start(args, Some(vm), vsock.clone(), String::new(), client)?;
     let me = std::process::id() as i32;
@@ -287,6 +313,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
         hooks,
         vm_processes,
         network: None,
+        shares: None,
     };
     if log::debug_enabled() {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -307,6 +334,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     hooks::run(&state.hooks, HookKind::CreateContainer, &creating)?;
     let state = ContainerState {
         network: network.keep(),
+        shares: shares.keep(),
         ..state
     };
     args.store.save(&state)?;

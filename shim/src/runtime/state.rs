@@ -112,6 +112,9 @@ pub struct ContainerState {
     /// `delete`.
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
+    /// The host directories shared with the VM, unbound at `delete`.
+    #[serde(default)]
+    pub shares: Option<crate::shares::ShareRoot>,
 }
 
 /// The state directory of containers.
@@ -309,6 +312,8 @@ impl Store {
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         check_id(id)?;
         let _ = std::fs::remove_dir_all(self.vm_dir(id));
+        // Nothing bound from the host may remain below what is removed.
+        crate::shares::unmount(&self.dir(id));
         match std::fs::remove_dir_all(self.dir(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -380,6 +385,7 @@ mod tests {
             hooks: serde_json::Value::Null,
             vm_processes: Vec::new(),
             network: None,
+            shares: None,
         };
         store.save(&s).unwrap();
         assert_eq!(store.load("c1").unwrap(), s);

@@ -13,6 +13,7 @@
 
 mod blk;
 mod entry;
+mod fs;
 mod io;
 mod net;
 mod virtio;
@@ -152,6 +153,7 @@ pub extern "C" fn rust_main(start_info: u64) -> ! {
     let test = arg(cmd, b"test=");
     match test {
         b"rng" => rng_test(bases),
+        b"fs" => fs::fs_test(bases, arg(cmd, b"fs.file=")),
         b"blk" => blk::blk_test(bases),
         b"hostile" => blk::hostile_test(bases),
         b"net" => net::net_test(bases, cmd),

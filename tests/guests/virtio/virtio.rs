@@ -219,6 +219,13 @@ impl Device {
         rd32(self.base + 0x100 + off)
     }
 
+    /// Reads and acknowledges the interrupt status register.
+    pub fn take_interrupt(&self) -> u32 {
+        let v = rd32(self.base + 0x60);
+        wr32(self.base + 0x64, v);
+        v
+    }
+
     pub fn status(&self) -> u32 {
         rd32(self.base + 0x70)
     }

@@ -9,6 +9,7 @@
 //! that comes from the guest is checked and a bad request fails on its own.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -1,0 +1,409 @@
+//! Host directories shared with a guest by virtio-fs.
+//!
+//! Each VM that shares anything exports one host directory, its share
+//! root, through one virtio-fs device tagged [`TAG`] (served by
+//! `virtiofsd`); the guest agent mounts it at [`protocol::SHARED_FS_DIR`].
+//! What a container shares (bind-mounted host directories, a root file
+//! system) is bind-mounted below the root, at `<container>/<name>`, so that
+//! containers added to a pod later share through the same device. The root
+//! is a shared mount, so binds made after `virtiofsd` started (in its own
+//! mount namespace, a slave of ours) reach it. Nothing is copied: a secret
+//! in a bound directory stays where it is on the host.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+/// The virtio-fs tag of a VM's share root.
+pub const TAG: &str = "husk";
+
+/// Errors sharing host directories.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// A mount operation failed.
+    #[error("{op} {path}: {source}")]
+    Mount {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Why.
+        source: nix::Error,
+    },
+    /// A directory or placeholder could not be made.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A name below the root is not a plain relative path.
+    #[error("invalid share name {0:?}")]
+    Name(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ShareError + '_ {
+    move |source| ShareError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn mount_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> ShareError + 'a {
+    move |source| ShareError::Mount {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A host directory bound below a share root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareBind {
+    /// Path below the root (and below [`protocol::SHARED_FS_DIR`] in the
+    /// guest).
+    pub name: String,
+    /// The host directory or file.
+    pub source: PathBuf,
+    /// Bound read-only on the host, so that the guest cannot write through
+    /// virtiofsd whatever it does.
+    pub read_only: bool,
+    /// Mounts below `source` come along (`rbind`).
+    pub recursive: bool,
+}
+
+/// A VM's share root: `<dir>/root` is exported; mount points are made in
+/// `<dir>/base`; read-only binds are prepared in `<dir>/stage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRoot {
+    /// The directory holding the root.
+    pub dir: PathBuf,
+}
+
+impl ShareRoot {
+    /// Creates the share root in `dir` (which must not exist yet or be
+    /// empty). The root is a read-only bind of `<dir>/base`, where husk
+    /// makes the mount points: the guest can write only inside what is
+    /// bound read-write below it.
+    pub fn create(dir: &Path) -> Result<ShareRoot, ShareError> {
+        let share = ShareRoot {
+            dir: dir.to_path_buf(),
+        };
+        let (base, root) = (share.base(), share.root());
+        for d in [&base, &root, &share.stage()] {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        let flag = |op, flags| {
+            nix::mount::mount(None::<&str>, &root, None::<&str>, flags, None::<&str>)
+                .map_err(mount_err(op, &root))
+        };
+        let made = nix::mount::mount(
+            Some(&base),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mount_err("bind", &root))
+        .and_then(|()| {
+            flag(
+                "remount read-only",
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            )
+        })
+        .and_then(|()| flag("make shared", MsFlags::MS_SHARED));
+        if let Err(e) = made {
+            share.release();
+            return Err(e);
+        }
+        Ok(share)
+    }
+
+    /// The exported directory.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    fn base(&self) -> PathBuf {
+        self.dir.join("base")
+    }
+
+    fn stage(&self) -> PathBuf {
+        self.dir.join("stage")
+    }
+
+    /// Binds `b.source` at `b.name` below the root; the guest sees it at
+    /// [`protocol::SHARED_FS_DIR`]`/<name>`.
+    pub fn bind(&self, b: &ShareBind) -> Result<(), ShareError> {
+        if !protocol::is_share_path(&b.name) {
+            return Err(ShareError::Name(b.name.clone()));
+        }
+        let target = self.root().join(&b.name);
+        let is_dir = std::fs::metadata(&b.source)
+            .map_err(io(&b.source))?
+            .is_dir();
+        placeholder(&self.base().join(&b.name), is_dir)?;
+        let mut flags = MsFlags::MS_BIND;
+        if b.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        if !b.read_only {
+            return nix::mount::mount(Some(&b.source), &target, None::<&str>, flags, None::<&str>)
+                .map_err(mount_err("bind", &target));
+        }
+        // A read-only flag set by remounting does not propagate to
+        // virtiofsd's namespace: the bind is made read-only aside first,
+        // then bound into the root, whose copies keep the flag.
+        let stage = self.stage().join(b.name.replace('/', "_"));
+        placeholder(&stage, is_dir)?;
+        let result = nix::mount::mount(Some(&b.source), &stage, None::<&str>, flags, None::<&str>)
+            .map_err(mount_err("bind", &stage))
+            .and_then(|()| {
+                nix::mount::mount(
+                    None::<&str>,
+                    &stage,
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .map_err(mount_err("remount read-only", &stage))
+            })
+            .and_then(|()| {
+                nix::mount::mount(Some(&stage), &target, None::<&str>, flags, None::<&str>)
+                    .map_err(mount_err("bind", &target))
+            });
+        unmount(&stage);
+        let _ = remove_placeholders(&stage);
+        result
+    }
+
+    /// Unbinds everything at and below `name` and removes the mount
+    /// points husk made for it.
+    pub fn unbind(&self, name: &str) {
+        if !protocol::is_share_path(name) {
+            return;
+        }
+        let target = self.root().join(name);
+        unmount(&target);
+        if mount_points_below(&target).is_empty() {
+            let _ = remove_tree(&self.base().join(name));
+        }
+    }
+
+    /// Unmounts everything and removes the directory, unless something
+    /// stays mounted (then the directory stays too: removing it would
+    /// reach into a host directory).
+    pub fn release(&self) {
+        unmount(&self.dir);
+        if let Err(e) = remove_placeholders(&self.dir) {
+            log::warn!("share root {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// The bind of container `id`'s root file system `rootfs`: read-write
+/// even for a spec's read-only root, which the guest makes read-only after
+/// creating the spec's mount points in it (as runc does on the host).
+pub fn rootfs_bind(id: &str, rootfs: &Path) -> ShareBind {
+    ShareBind {
+        name: format!("{id}/rootfs"),
+        source: rootfs.to_path_buf(),
+        read_only: false,
+        recursive: true,
+    }
+}
+
+/// How the agent finds container `id`'s root file system bound with
+/// [`rootfs_bind`]: written in place, as runc writes a bundle's rootfs.
+pub fn rootfs_storage(id: &str) -> protocol::Storage {
+    protocol::Storage {
+        source: protocol::StorageSource::VirtioFs {
+            path: format!("{id}/rootfs"),
+        },
+        fstype: "virtiofs".into(),
+        overlay: false,
+    }
+}
+
+/// A share root being set up: released when dropped, unless kept.
+#[derive(Debug, Default)]
+pub struct ShareGuard(Option<ShareRoot>);
+
+impl ShareGuard {
+    /// Creates a share root in `dir` with `binds` below it.
+    pub fn create(dir: &Path, binds: &[ShareBind]) -> Result<ShareGuard, ShareError> {
+        let guard = ShareGuard(Some(ShareRoot::create(dir)?));
+        if let Some(root) = &guard.0 {
+            for b in binds {
+                root.bind(b)?;
+            }
+        }
+        Ok(guard)
+    }
+
+    /// The share root, if any.
+    pub fn root(&self) -> Option<&ShareRoot> {
+        self.0.as_ref()
+    }
+
+    /// Set-up succeeded: the share root stays.
+    pub fn keep(mut self) -> Option<ShareRoot> {
+        self.0.take()
+    }
+}
+
+impl Drop for ShareGuard {
+    fn drop(&mut self) {
+        if let Some(root) = self.0.take() {
+            root.release();
+        }
+    }
+}
+
+/// Makes an empty directory or file at `path` to bind onto.
+fn placeholder(path: &Path, dir: bool) -> Result<(), ShareError> {
+    if dir {
+        return std::fs::create_dir_all(path).map_err(io(path));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(io(path))
+}
+
+/// Removes `path` if nothing is mounted at or below it: directories and
+/// empty files (what [`placeholder`] makes), never a file with data.
+fn remove_placeholders(path: &Path) -> Result<(), std::io::Error> {
+    if !mount_points_below(path).is_empty() {
+        return Err(std::io::Error::other("still mounted"));
+    }
+    remove_tree(path)
+}
+
+fn remove_tree(path: &Path) -> Result<(), std::io::Error> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            remove_tree(&entry?.path())?;
+        }
+        std::fs::remove_dir(path)
+    } else if meta.is_file() && meta.len() == 0 {
+        std::fs::remove_file(path)
+    } else {
+        Err(std::io::Error::other(format!(
+            "{}: not a placeholder",
+            path.display()
+        )))
+    }
+}
+
+/// The mount points at or below `target`, deepest first.
+fn mount_points_below(target: &Path) -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let below = format!("{}/", target.display());
+    let mut points: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|m| Path::new(m) == target || m.starts_with(&below))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    points.dedup();
+    points
+}
+
+/// Unmounts `target` and whatever is mounted below it.
+pub fn unmount(target: &Path) {
+    for m in mount_points_below(target) {
+        // Stacked mounts on one point come off one at a time.
+        while nix::mount::umount2(m.as_str(), MntFlags::MNT_DETACH).is_ok() {}
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounted(path: &Path) -> bool {
+        !mount_points_below(path).is_empty()
+    }
+
+    #[test]
+    fn binds_are_read_only_when_asked_and_go_without_touching_the_source() {
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("husk-share-test-{}", std::process::id()));
+        let src = base.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("data"), b"keep me").unwrap();
+        std::fs::write(base.join("file"), b"a file").unwrap();
+        let share = ShareRoot::create(&base.join("share")).unwrap();
+        let bind = |name: &str, source: PathBuf, read_only| ShareBind {
+            name: name.into(),
+            source,
+            read_only,
+            recursive: true,
+        };
+        share.bind(&bind("c1/0", src.clone(), false)).unwrap();
+        share.bind(&bind("c1/1", src.clone(), true)).unwrap();
+        share.bind(&bind("c2/0", base.join("file"), true)).unwrap();
+        let root = share.root();
+        assert_eq!(std::fs::read(root.join("c1/0/data")).unwrap(), b"keep me");
+        std::fs::write(root.join("c1/0/new"), b"x").unwrap();
+        let e = std::fs::write(root.join("c1/1/other"), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        assert_eq!(std::fs::read(root.join("c2/0")).unwrap(), b"a file");
+        assert!(!mounted(&share.stage()), "staging binds are gone");
+        let e = std::fs::write(root.join("stray"), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the root is read-only");
+        assert!(share.bind(&bind("../x", src.clone(), false)).is_err());
+        share.unbind("c1");
+        assert!(!root.join("c1").exists());
+        assert!(root.join("c2/0").exists());
+        share.release();
+        assert!(!base.join("share").exists());
+        assert!(!mounted(&base));
+        assert_eq!(std::fs::read(src.join("data")).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(src.join("new")).unwrap(), b"x");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn unescapes_mountinfo() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+}
