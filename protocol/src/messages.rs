@@ -219,6 +219,10 @@ pub struct Storage {
     /// place (on the host, as runc would).
     #[serde(default)]
     pub overlay: bool,
+    /// A block source without `overlay` is mounted read-write and is the
+    /// root in place (a snapshotter's writable device).
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// The device or share holding a file system.

@@ -224,6 +224,7 @@ pub fn rootfs_storage(id: &str) -> protocol::Storage {
         },
         fstype: "virtiofs".into(),
         overlay: false,
+        writable: false,
     }
 }
 

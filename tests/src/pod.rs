@@ -61,6 +61,7 @@ pub fn rootfs(vm: &AgentVm) -> Storage {
             .fstype()
             .into(),
         overlay: true,
+        writable: false,
     }
 }
 

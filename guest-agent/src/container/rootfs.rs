@@ -105,8 +105,8 @@ impl RootfsMounts {
 }
 
 /// Mounts `storage` for a container in `bundle`: the image read-only at
-/// `image/`, and `rootfs/` as an overlay of it (or a bind of it, read-only,
-/// without `overlay`).
+/// `image/`, and `rootfs/` as an overlay of it (or a bind of it without
+/// `overlay`: read-only, or the device read-write with `writable`).
 pub fn mount_rootfs(storage: &Storage, bundle: &Path) -> Result<RootfsMounts, ErrorReply> {
     let serial = match &storage.source {
         StorageSource::Block { serial } => serial,
@@ -124,17 +124,25 @@ pub fn mount_rootfs(storage: &Storage, bundle: &Path) -> Result<RootfsMounts, Er
             format!("no block device with serial {serial:?}"),
         )
     })?;
+    let writable = storage.writable && !storage.overlay;
+    if writable && storage.fstype == "erofs" {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            "rootfs: erofs cannot be mounted writable",
+        ));
+    }
     flush_buffers(&dev);
     let image = bundle.join("image");
     mkdir(&image)?;
-    mount_layers(bundle, storage.overlay, || {
-        mount(
-            &dev.to_string_lossy(),
-            &image,
-            &storage.fstype,
-            libc::MS_RDONLY | libc::MS_NODEV,
-            None,
-        )
+    // A writable root is the container's own tree (device nodes made in
+    // it work, as on the host); a read-only image is neither.
+    let flags = if writable {
+        0
+    } else {
+        libc::MS_RDONLY | libc::MS_NODEV
+    };
+    mount_layers(bundle, storage.overlay, writable, || {
+        mount(&dev.to_string_lossy(), &image, &storage.fstype, flags, None)
     })
 }
 
@@ -171,7 +179,7 @@ fn mount_shared_rootfs(
     let image = bundle.join("image");
     mkdir(&image)?;
     if storage.overlay {
-        mount_layers(bundle, true, || {
+        mount_layers(bundle, true, false, || {
             mount(&source, &image, "", libc::MS_BIND | libc::MS_REC, None)
         })
     } else {
@@ -194,11 +202,12 @@ fn mount_shared_rootfs(
 }
 
 /// Mounts the image with `mount_image` at `image/`, then `rootfs/` as an
-/// overlay of it on a tmpfs upper layer (or, without `overlay`, a read-only
-/// bind of it); undoes everything on failure.
+/// overlay of it on a tmpfs upper layer (or, without `overlay`, a bind of
+/// it, read-only unless `writable`); undoes everything on failure.
 fn mount_layers(
     bundle: &Path,
     overlay: bool,
+    writable: bool,
     mount_image: impl FnOnce() -> Result<(), ErrorReply>,
 ) -> Result<RootfsMounts, ErrorReply> {
     let mounts = RootfsMounts {
@@ -223,11 +232,12 @@ fn mount_layers(
             );
             mount("overlay", &rootfs, "overlay", 0, Some(&data))
         } else {
+            let ro = if writable { 0 } else { libc::MS_RDONLY };
             mount(
                 &image.to_string_lossy(),
                 &rootfs,
                 "",
-                libc::MS_BIND | libc::MS_RDONLY,
+                libc::MS_BIND | ro,
                 None,
             )
         }

@@ -22,8 +22,26 @@ use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
 
 use crate::runtime::state::Store;
 
+pub use containerd_shim::protos::types::mount::Mount;
 pub use error::TaskError;
+pub use process::StdioPaths;
 pub use service::Service;
+pub use task::{CreateArgs, Tasks};
+
+/// The task service the shim binary serves over ttrpc, without the server:
+/// for embedding and tests. Tasks live below `root`; events go to
+/// containerd's ttrpc socket at `address`.
+pub fn task_service(namespace: &str, root: PathBuf, address: &str) -> Result<Arc<Tasks>, String> {
+    let publisher =
+        RemotePublisher::new(address).map_err(|e| format!("containerd at {address}: {e}"))?;
+    let events = events::Events::start(publisher, namespace.to_string());
+    Ok(Arc::new(Tasks::new(
+        namespace.to_string(),
+        root,
+        events,
+        ShimExit::default(),
+    )))
+}
 
 /// containerd's name for this runtime.
 pub const RUNTIME_ID: &str = "io.containerd.husk.v2";

@@ -1,6 +1,9 @@
 //! Mounting the rootfs mounts containerd passes in CreateTaskRequest (an
 //! overlay from the overlayfs snapshotter, or a bind mount) on the
-//! bundle's `rootfs`, from which the VM's root image is built.
+//! bundle's `rootfs`, which is then shared with the VM or imaged; and
+//! recognising a snapshot that is a block device (devmapper's, or an
+//! image file mounted with `loop` as the blockfile snapshotter gives it),
+//! which the VM gets as its root drive instead.
 
 use std::path::Path;
 
@@ -15,6 +18,38 @@ pub struct MountSpec {
     pub source: String,
     /// Options (`ro`, `lowerdir=…`).
     pub options: Vec<String>,
+}
+
+/// A snapshot that is a file system on a block device or image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRoot {
+    /// The device or image file.
+    pub path: std::path::PathBuf,
+    /// Its file system (`ext4` or `erofs`: what the guest kernel mounts).
+    pub fstype: String,
+    /// Mounted read-only (`ro`).
+    pub read_only: bool,
+}
+
+/// The block device or image file of `mounts`, if they are one mount of
+/// ext4 or erofs whose source is a block device, or a regular file with
+/// the `loop` option.
+pub fn block_root(mounts: &[MountSpec]) -> Option<BlockRoot> {
+    use std::os::unix::fs::FileTypeExt;
+    let [m] = mounts else { return None };
+    if !matches!(m.fstype.as_str(), "ext4" | "erofs") {
+        return None;
+    }
+    let kind = std::fs::metadata(&m.source).ok()?.file_type();
+    let looped = m.options.iter().any(|o| o == "loop");
+    if !(kind.is_block_device() || kind.is_file() && looped) {
+        return None;
+    }
+    Some(BlockRoot {
+        path: m.source.clone().into(),
+        fstype: m.fstype.clone(),
+        read_only: m.fstype == "erofs" || m.options.iter().any(|o| o == "ro"),
+    })
 }
 
 /// Splits options into mount flags and the data string.
@@ -88,6 +123,38 @@ pub fn mount_one(m: &MountSpec, target: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_snapshots_are_recognised() {
+        let dir = std::env::temp_dir().join(format!("husk-blockroot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("snap.ext4");
+        std::fs::write(&img, b"").unwrap();
+        let spec = |fstype: &str, source: &Path, options: &[&str]| MountSpec {
+            fstype: fstype.into(),
+            source: source.display().to_string(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        let r = block_root(&[spec("ext4", &img, &["loop", "rw"])]).unwrap();
+        assert_eq!(
+            (r.path, r.fstype.as_str(), r.read_only),
+            (img.clone(), "ext4", false)
+        );
+        assert!(
+            block_root(&[spec("ext4", &img, &["loop", "ro"])])
+                .unwrap()
+                .read_only
+        );
+        // A file without `loop`, another file system, a directory, two
+        // mounts: not a block snapshot.
+        assert!(block_root(&[spec("ext4", &img, &[])]).is_none());
+        assert!(block_root(&[spec("xfs", &img, &["loop"])]).is_none());
+        assert!(block_root(&[spec("ext4", &dir, &["loop"])]).is_none());
+        assert!(
+            block_root(&[spec("ext4", &img, &["loop"]), spec("ext4", &img, &["loop"])]).is_none()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn options_split_into_flags_and_data() {

@@ -24,7 +24,7 @@ use protocol::{Call, ExitInfo, Reply, SandboxConfig, Storage, StorageSource};
 
 use super::error::TaskError;
 use super::events::Events;
-use super::mount::{MountSpec, mount_one};
+use super::mount::{MountSpec, block_root, mount_one};
 use super::process::{Process, StdioPaths};
 use super::sandbox::{Launcher, Record, Sandbox, clean_up, save_record, unmount};
 use crate::agent::AgentClient;
@@ -252,23 +252,33 @@ impl Tasks {
         };
         let mut record = Record::default();
         let bundle_dir = PathBuf::from(&args.bundle);
-        if !args.rootfs.is_empty() {
+        let role = pod_role(&bundle_dir);
+        let specs: Vec<MountSpec> = args
+            .rootfs
+            .iter()
+            .map(|m| MountSpec {
+                fstype: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        // A snapshot that is a block device becomes the VM's root drive
+        // (in a VM of its own: a pod's drives are fixed at boot).
+        let block = match role {
+            PodRole::Member(_) => None,
+            _ => block_root(&specs),
+        };
+        if block.is_none() && !specs.is_empty() {
             let target = bundle_dir.join("rootfs");
             std::fs::create_dir_all(&target)
                 .map_err(|e| TaskError::internal(format!("{}: {e}", target.display())))?;
             record.rootfs_mount = Some(target.clone());
             save_record(&dir, &record).map_err(TaskError::internal)?;
-            for m in &args.rootfs {
-                let spec = MountSpec {
-                    fstype: m.type_.clone(),
-                    source: m.source.clone(),
-                    options: m.options.clone(),
-                };
-                mount_one(&spec, &target)
+            for spec in &specs {
+                mount_one(spec, &target)
                     .map_err(|e| TaskError::internal(format!("rootfs: {e}")))?;
             }
         }
-        let role = pod_role(&bundle_dir);
         let bundle = match role {
             PodRole::Alone => Bundle::load(&bundle_dir),
             _ => Bundle::load_in_pod(&bundle_dir),
@@ -311,11 +321,12 @@ impl Tasks {
             (Some(_), Delivery::Auto) => Delivery::Block,
             (_, d) => d.resolve(),
         };
-        if delivery == Delivery::VirtioFs {
+        if block.is_none() && delivery == Delivery::VirtioFs {
             binds.push(shares::rootfs_bind(&args.id, &bundle.rootfs));
         }
-        let image = match delivery {
-            Delivery::Auto | Delivery::Block => Some(
+        let image = match (&block, delivery) {
+            (Some(_), _) | (None, Delivery::VirtioFs) => None,
+            (None, Delivery::Auto | Delivery::Block) => Some(
                 build_image(
                     &bundle.rootfs,
                     &dir.join(format!("rootfs.{}", cfg.rootfs_format)),
@@ -323,7 +334,6 @@ impl Tasks {
                 )
                 .map_err(|e| TaskError::invalid(e.to_string()))?,
             ),
-            Delivery::VirtioFs => None,
         };
         let share_err = |e: shares::ShareError| TaskError::invalid(e.to_string()).context("share");
         let mut t_boot = t0.elapsed();
@@ -382,6 +392,11 @@ impl Tasks {
                         path: image.path.clone(),
                         read_only: true,
                     })
+                    .chain(block.iter().map(|b| Drive {
+                        id: "rootfs".into(),
+                        path: b.path.clone(),
+                        read_only: b.read_only,
+                    }))
                     .collect();
                 if let Some(netns) = &bundle.netns {
                     let (attachment, config) = crate::network::Attachment::create(netns)
@@ -457,7 +472,7 @@ impl Tasks {
                     shared_fs,
                     ..SandboxConfig::default()
                 }))?;
-                let serial = image.as_ref().map(|_| "rootfs".to_string());
+                let serial = (image.is_some() || block.is_some()).then(|| "rootfs".to_string());
                 (sandbox, client, serial, true)
             }
         };
@@ -483,11 +498,20 @@ impl Tasks {
             .call_empty(Call::CreateContainer {
                 id: args.id.clone(),
                 spec,
-                rootfs: match (&image, serial) {
-                    (Some(image), Some(serial)) => Storage {
+                rootfs: match (&block, &image, serial) {
+                    (Some(b), _, Some(serial)) => Storage {
+                        source: StorageSource::Block { serial },
+                        fstype: b.fstype.clone(),
+                        // A read-only snapshot gets a writable layer in
+                        // guest memory; a writable one is written in place.
+                        overlay: b.read_only,
+                        writable: !b.read_only,
+                    },
+                    (None, Some(image), Some(serial)) => Storage {
                         source: StorageSource::Block { serial },
                         fstype: image.format.fstype().into(),
                         overlay: true,
+                        writable: false,
                     },
                     _ => shares::rootfs_storage(&args.id),
                 },

@@ -289,6 +289,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
             },
             fstype: image.format.fstype().into(),
             overlay: true,
+            writable: false,
         },
         None => shares::rootfs_storage(id),
     };
