@@ -76,13 +76,19 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ActionE
             | "/snapshot/create"
             | "/snapshot/load"
             | "/entropy"
+            | "/fs"
             | "/cpu-config",
         ) => Err(ActionError::bad_request(format!(
             "not implemented: {method} {path}"
         ))),
-        _ if path.starts_with("/drives/") || path.starts_with("/network-interfaces/") => Err(
-            ActionError::bad_request(format!("not implemented: {method} {path}")),
-        ),
+        _ if path.starts_with("/drives/")
+            || path.starts_with("/network-interfaces/")
+            || path.starts_with("/fs/") =>
+        {
+            Err(ActionError::bad_request(format!(
+                "not implemented: {method} {path}"
+            )))
+        }
         _ => Err(ActionError::bad_request(format!(
             "invalid request method and/or path: {method} {}",
             if path.is_empty() { "/" } else { path }
@@ -143,6 +149,8 @@ mod tests {
         assert!(e.message.contains("unknown field `x`"), "{}", e.message);
         let e = parse("PATCH", "/vm", br#"{"state":"Frozen"}"#).unwrap_err();
         assert!(e.message.contains("Frozen"));
+        let e = parse("PUT", "/fs/vol0", b"{}").unwrap_err();
+        assert_eq!(e.message, "not implemented: PUT /fs/vol0");
         let e = parse("PUT", "/drives/rootfs", b"{}").unwrap_err();
         assert!(e.message.starts_with("not implemented"));
         let e = parse("PUT", "/boot-source", b"{not json").unwrap_err();
