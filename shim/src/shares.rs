@@ -160,16 +160,7 @@ impl ShareRoot {
         placeholder(&stage, is_dir)?;
         let result = nix::mount::mount(Some(&b.source), &stage, None::<&str>, flags, None::<&str>)
             .map_err(mount_err("bind", &stage))
-            .and_then(|()| {
-                nix::mount::mount(
-                    None::<&str>,
-                    &stage,
-                    None::<&str>,
-                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-                    None::<&str>,
-                )
-                .map_err(mount_err("remount read-only", &stage))
-            })
+            .and_then(|()| make_read_only(&stage, b.recursive))
             .and_then(|()| {
                 nix::mount::mount(Some(&stage), &target, None::<&str>, flags, None::<&str>)
                     .map_err(mount_err("bind", &target))
@@ -261,6 +252,54 @@ impl Drop for ShareGuard {
             root.release();
         }
     }
+}
+
+/// Makes the mount at `path` read-only; with `recursive`, every mount
+/// below it too (`mount_setattr(2)`, Linux 5.12), so that no submount of a
+/// read-only `rbind` stays writable; on older kernels the top one only.
+fn make_read_only(path: &Path, recursive: bool) -> Result<(), ShareError> {
+    use std::os::unix::ffi::OsStrExt;
+    if recursive {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| ShareError::Name(path.display().to_string()))?;
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: a valid NUL-terminated path and a mount_attr of the size
+        // passed, both alive for the call; the result is checked.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_RECURSIVE as libc::c_uint,
+                &raw const attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let errno = nix::Error::last();
+        if errno != nix::Error::ENOSYS {
+            return Err(ShareError::Mount {
+                op: "make read-only",
+                path: path.to_path_buf(),
+                source: errno,
+            });
+        }
+    }
+    nix::mount::mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(mount_err("remount read-only", path))
 }
 
 /// Makes an empty directory or file at `path` to bind onto.
@@ -371,6 +410,17 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("data"), b"keep me").unwrap();
         std::fs::write(base.join("file"), b"a file").unwrap();
+        // A mount inside the source: a read-only rbind makes it read-only
+        // too.
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &src.join("sub"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
         let share = ShareRoot::create(&base.join("share")).unwrap();
         let bind = |name: &str, source: PathBuf, read_only| ShareBind {
             name: name.into(),
@@ -386,6 +436,13 @@ mod tests {
         std::fs::write(root.join("c1/0/new"), b"x").unwrap();
         let e = std::fs::write(root.join("c1/1/other"), b"x").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        let e = std::fs::write(root.join("c1/1/sub/other"), b"x").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EROFS),
+            "a submount stayed writable"
+        );
+        std::fs::write(root.join("c1/0/sub/rw"), b"x").unwrap();
         assert_eq!(std::fs::read(root.join("c2/0")).unwrap(), b"a file");
         assert!(!mounted(&share.stage()), "staging binds are gone");
         let e = std::fs::write(root.join("stray"), b"x").unwrap_err();
@@ -395,6 +452,7 @@ mod tests {
         assert!(!root.join("c1").exists());
         assert!(root.join("c2/0").exists());
         share.release();
+        unmount(&src.join("sub"));
         assert!(!base.join("share").exists());
         assert!(!mounted(&base));
         assert_eq!(std::fs::read(src.join("data")).unwrap(), b"keep me");
