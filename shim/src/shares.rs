@@ -99,20 +99,49 @@ impl ShareRoot {
             nix::mount::mount(None::<&str>, &root, None::<&str>, flags, None::<&str>)
                 .map_err(mount_err(op, &root))
         };
+        let stage = share.stage();
+        // The stage is a private mount of its own: binds made there are
+        // seen nowhere else, whatever the propagation of the file system
+        // holding it.
         let made = nix::mount::mount(
-            Some(&base),
-            &root,
+            Some(&stage),
+            &stage,
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(mount_err("bind", &root))
+        .map_err(mount_err("bind", &stage))
+        .and_then(|()| {
+            nix::mount::mount(
+                None::<&str>,
+                &stage,
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(mount_err("make private", &stage))
+        })
+        .and_then(|()| {
+            nix::mount::mount(
+                Some(&base),
+                &root,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(mount_err("bind", &root))
+        })
         .and_then(|()| {
             flag(
                 "remount read-only",
                 MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
             )
         })
+        // A peer group of its own (private first: a bind on a shared file
+        // system, such as /run on systemd hosts, joins that file system's
+        // group, and its binds would show up in `base` and in every copy
+        // of /run), whose only other members are virtiofsd's slaves.
+        .and_then(|()| flag("make private", MsFlags::MS_PRIVATE))
         .and_then(|()| flag("make shared", MsFlags::MS_SHARED));
         if let Err(e) = made {
             share.release();
@@ -177,9 +206,11 @@ impl ShareRoot {
             return;
         }
         let target = self.root().join(name);
+        let base = self.base().join(name);
         unmount(&target);
+        unmount(&base);
         if mount_points_below(&target).is_empty() {
-            let _ = remove_tree(&self.base().join(name));
+            let _ = remove_tree(&base);
         }
     }
 
@@ -194,27 +225,28 @@ impl ShareRoot {
     }
 }
 
-/// The bind of container `id`'s root file system `rootfs`: read-write
-/// even for a spec's read-only root, which the guest makes read-only after
-/// creating the spec's mount points in it (as runc does on the host).
-pub fn rootfs_bind(id: &str, rootfs: &Path) -> ShareBind {
+/// The bind of container `id`'s root file system `rootfs`, read-only on
+/// the host for a spec's read-only root.
+pub fn rootfs_bind(id: &str, rootfs: &Path, read_only: bool) -> ShareBind {
     ShareBind {
         name: format!("{id}/rootfs"),
         source: rootfs.to_path_buf(),
-        read_only: false,
+        read_only,
         recursive: true,
     }
 }
 
 /// How the agent finds container `id`'s root file system bound with
-/// [`rootfs_bind`]: written in place, as runc writes a bundle's rootfs.
-pub fn rootfs_storage(id: &str) -> protocol::Storage {
+/// [`rootfs_bind`]: written in place, as runc writes a bundle's rootfs;
+/// a read-only one under a guest tmpfs layer, where the spec's mount
+/// points are made (the guest then makes the root read-only).
+pub fn rootfs_storage(id: &str, read_only: bool) -> protocol::Storage {
     protocol::Storage {
         source: protocol::StorageSource::VirtioFs {
             path: format!("{id}/rootfs"),
         },
         fstype: "virtiofs".into(),
-        overlay: false,
+        overlay: read_only,
         writable: false,
     }
 }
@@ -255,8 +287,8 @@ impl Drop for ShareGuard {
 }
 
 /// Makes the mount at `path` read-only; with `recursive`, every mount
-/// below it too (`mount_setattr(2)`, Linux 5.12), so that no submount of a
-/// read-only `rbind` stays writable; on older kernels the top one only.
+/// below it too (`mount_setattr(2)`, Linux 5.12; refused on older
+/// kernels), so that no submount of a read-only `rbind` stays writable.
 fn make_read_only(path: &Path, recursive: bool) -> Result<(), ShareError> {
     use std::os::unix::ffi::OsStrExt;
     if recursive {
@@ -283,23 +315,30 @@ fn make_read_only(path: &Path, recursive: bool) -> Result<(), ShareError> {
         if r == 0 {
             return Ok(());
         }
-        let errno = nix::Error::last();
-        if errno != nix::Error::ENOSYS {
-            return Err(ShareError::Mount {
-                op: "make read-only",
-                path: path.to_path_buf(),
-                source: errno,
-            });
+        // Without mount_setattr (before Linux 5.12) submounts would stay
+        // writable: refused rather than half done.
+        return Err(ShareError::Mount {
+            op: "make read-only recursively",
+            path: path.to_path_buf(),
+            source: nix::Error::last(),
+        });
+    }
+    // A bind remount sets every flag anew: keep those the source has.
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    if let Ok(st) = nix::sys::statvfs::statvfs(path) {
+        use nix::sys::statvfs::FsFlags;
+        for (has, keep) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if st.flags().contains(has) {
+                flags |= keep;
+            }
         }
     }
-    nix::mount::mount(
-        None::<&str>,
-        path,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .map_err(mount_err("remount read-only", path))
+    nix::mount::mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+        .map_err(mount_err("remount read-only", path))
 }
 
 /// Makes an empty directory or file at `path` to bind onto.
@@ -335,6 +374,12 @@ fn remove_tree(path: &Path) -> Result<(), std::io::Error> {
         Err(e) => return Err(e),
     };
     if meta.is_dir() {
+        if is_mount_root(path) {
+            return Err(std::io::Error::other(format!(
+                "{}: still a mount point",
+                path.display()
+            )));
+        }
         for entry in std::fs::read_dir(path)? {
             remove_tree(&entry?.path())?;
         }
@@ -349,8 +394,83 @@ fn remove_tree(path: &Path) -> Result<(), std::io::Error> {
     }
 }
 
-/// The mount points at or below `target`, deepest first.
+/// Whether `path` is the root of a mount (`statx`'s
+/// `STATX_ATTR_MOUNT_ROOT`, or the mount table on kernels without it; true
+/// when it cannot be told, so that callers stay out).
+fn is_mount_root(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a statx buffer of the right
+    // type; the result is checked before the buffer is read.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_TYPE,
+            stx.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return true;
+    }
+    // SAFETY: statx succeeded and filled the buffer.
+    let stx = unsafe { stx.assume_init() };
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_attributes_mask & bit == 0 {
+        // Before Linux 5.8: the mount table says.
+        let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        return mount_points_below(path)
+            .iter()
+            .any(|m| Path::new(m) == resolved);
+    }
+    stx.stx_attributes & bit != 0
+}
+
+/// Removes the state directory `dir` and everything in it, after
+/// unmounting what is mounted below it; it never enters a mount (checked
+/// by the kernel's mount-root attribute, not by path text), so a bind of a
+/// host directory left behind is reported, never emptied.
+pub fn remove_state_dir(dir: &Path) -> std::io::Result<()> {
+    unmount(dir);
+    remove_within(dir)
+}
+
+fn remove_within(path: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    if is_mount_root(path) {
+        return Err(std::io::Error::other(format!(
+            "{}: still a mount point",
+            path.display()
+        )));
+    }
+    let mut first_error = None;
+    for entry in std::fs::read_dir(path)? {
+        if let Err(e) = entry.and_then(|e| remove_within(&e.path())) {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => std::fs::remove_dir(path),
+    }
+}
+
+/// The mount points at or below `target`, deepest first. `target` is
+/// resolved first: mountinfo names mount points by their real paths.
 fn mount_points_below(target: &Path) -> Vec<String> {
+    let resolved = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
+    let target = resolved.as_path();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let below = format!("{}/", target.display());
     let mut points: Vec<String> = mountinfo
@@ -444,7 +564,12 @@ mod tests {
         );
         std::fs::write(root.join("c1/0/sub/rw"), b"x").unwrap();
         assert_eq!(std::fs::read(root.join("c2/0")).unwrap(), b"a file");
-        assert!(!mounted(&share.stage()), "staging binds are gone");
+        // Only the stage's own private mount is left there.
+        assert_eq!(
+            mount_points_below(&share.stage()).len(),
+            1,
+            "staging binds are gone"
+        );
         let e = std::fs::write(root.join("stray"), b"x").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the root is read-only");
         assert!(share.bind(&bind("../x", src.clone(), false)).is_err());
@@ -457,6 +582,47 @@ mod tests {
         assert!(!mounted(&base));
         assert_eq!(std::fs::read(src.join("data")).unwrap(), b"keep me");
         assert_eq!(std::fs::read(src.join("new")).unwrap(), b"x");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn state_removal_never_enters_a_mount() {
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("husk-state-test-{}", std::process::id()));
+        let data = base.join("volume");
+        let state = base.join("state");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("keep"), b"user data").unwrap();
+        std::fs::create_dir_all(state.join("shared/x")).unwrap();
+        std::fs::write(state.join("state.json"), b"{}").unwrap();
+        let bind = |target: &Path| {
+            nix::mount::mount(
+                Some(&data),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        bind(&state.join("shared/x"));
+        // The walk alone refuses to enter the bind and leaves it whole.
+        assert!(remove_within(&state).is_err());
+        assert_eq!(std::fs::read(data.join("keep")).unwrap(), b"user data");
+        // Through a symlinked root (/var/run for /run; mountinfo has real
+        // paths), the state goes and the volume stays.
+        std::os::unix::fs::symlink(&base, base.join("link")).unwrap();
+        std::fs::create_dir_all(state.join("shared/x")).unwrap();
+        if mount_points_below(&state.join("shared/x")).is_empty() {
+            bind(&state.join("shared/x"));
+        }
+        remove_state_dir(&base.join("link/state")).unwrap();
+        assert!(!state.exists());
+        assert_eq!(std::fs::read(data.join("keep")).unwrap(), b"user data");
         std::fs::remove_dir_all(&base).unwrap();
     }
 

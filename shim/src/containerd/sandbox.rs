@@ -235,9 +235,10 @@ pub fn clean_up(dir: &Path) {
     if let Some(m) = &record.rootfs_mount {
         unmount(m);
     }
-    // Nothing bound from the host may remain below what is removed.
-    unmount(dir);
-    let _ = std::fs::remove_dir_all(dir);
+    // Nothing bound from the host may be entered by the removal.
+    if let Err(e) = crate::shares::remove_state_dir(dir) {
+        log::warn!("task directory {}: {e}", dir.display());
+    }
 }
 
 /// Kills the recorded processes and waits (a little) until they are gone.

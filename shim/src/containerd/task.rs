@@ -242,7 +242,8 @@ impl Tasks {
             ));
         }
         let dir = task_dir(&self.root, &self.namespace, &args.id);
-        let _ = std::fs::remove_dir_all(&dir);
+        // What a killed shim left there (binds included) goes first.
+        clean_up(&dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| TaskError::internal(format!("{}: {e}", dir.display())))?;
         let mut undo = Undo {
@@ -322,7 +323,11 @@ impl Tasks {
             (_, d) => d.resolve(),
         };
         if block.is_none() && delivery == Delivery::VirtioFs {
-            binds.push(shares::rootfs_bind(&args.id, &bundle.rootfs));
+            binds.push(shares::rootfs_bind(
+                &args.id,
+                &bundle.rootfs,
+                bundle.root_readonly(),
+            ));
         }
         let image = match (&block, delivery) {
             (Some(_), _) | (None, Delivery::VirtioFs) => None,
@@ -513,7 +518,7 @@ impl Tasks {
                         overlay: true,
                         writable: false,
                     },
-                    _ => shares::rootfs_storage(&args.id),
+                    _ => shares::rootfs_storage(&args.id, bundle.root_readonly()),
                 },
             })
             .map_err(|e| TaskError::from(e).context("create container"))?;

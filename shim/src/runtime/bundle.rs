@@ -152,6 +152,11 @@ impl Bundle {
         self.spec["linux"]["resources"]["memory"]["limit"].as_i64()
     }
 
+    /// Whether the spec asks for a read-only root file system.
+    pub fn root_readonly(&self) -> bool {
+        self.spec["root"]["readonly"].as_bool().unwrap_or(false)
+    }
+
     /// Whether the process asks for a terminal.
     pub fn terminal(&self) -> bool {
         self.spec["process"]["terminal"].as_bool().unwrap_or(false)

@@ -194,7 +194,11 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     let mut binds = mounts.shares;
     let delivery = size.rootfs.resolve();
     if delivery == Delivery::VirtioFs {
-        binds.push(shares::rootfs_bind(id, &bundle.rootfs));
+        binds.push(shares::rootfs_bind(
+            id,
+            &bundle.rootfs,
+            bundle.root_readonly(),
+        ));
     }
     let shares = if binds.is_empty() {
         ShareGuard::default()
@@ -291,7 +295,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
             overlay: true,
             writable: false,
         },
-        None => shares::rootfs_storage(id),
+        None => shares::rootfs_storage(id, bundle.root_readonly()),
     };
     client.call_empty(Call::CreateContainer {
         id: id.clone(),

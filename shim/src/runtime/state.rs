@@ -312,9 +312,8 @@ impl Store {
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         check_id(id)?;
         let _ = std::fs::remove_dir_all(self.vm_dir(id));
-        // Nothing bound from the host may remain below what is removed.
-        crate::shares::unmount(&self.dir(id));
-        match std::fs::remove_dir_all(self.dir(id)) {
+        // Nothing bound from the host may be entered by the removal.
+        match crate::shares::remove_state_dir(&self.dir(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StateError::Io {

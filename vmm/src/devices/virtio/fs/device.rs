@@ -162,6 +162,10 @@ impl Fs {
             .set_mem_table(&regions)
             .map_err(fail("SET_MEM_TABLE"))?;
         for (i, (queue, kick)) in ctx.queues.iter().zip(&ctx.queue_evts).enumerate() {
+            // A queue the driver did not enable has no rings to hand over.
+            if !queue.ready() {
+                continue;
+            }
             // The back end takes ring addresses in the VMM's address space.
             let host = |addr: u64, what: &str| {
                 ctx.mem
