@@ -514,6 +514,19 @@ fn unescape(field: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Unmounts and removes a test's scratch directory, also when the test
+    /// fails half-way.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            unmount(&self.0);
+            if mount_points_below(&self.0).is_empty() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
     fn mounted(path: &Path) -> bool {
         !mount_points_below(path).is_empty()
     }
@@ -526,6 +539,7 @@ mod tests {
             return;
         }
         let base = std::env::temp_dir().join(format!("husk-share-test-{}", std::process::id()));
+        let _scratch = Scratch(base.clone());
         let src = base.join("src");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("data"), b"keep me").unwrap();
@@ -593,6 +607,7 @@ mod tests {
             return;
         }
         let base = std::env::temp_dir().join(format!("husk-state-test-{}", std::process::id()));
+        let _scratch = Scratch(base.clone());
         let data = base.join("volume");
         let state = base.join("state");
         std::fs::create_dir_all(&data).unwrap();
