@@ -14,7 +14,7 @@ use integration_tests::agent;
 use integration_tests::cli::text;
 use integration_tests::pod;
 use integration_tests::shim::ShimEnv;
-use shim::containerd::{CreateArgs, Mount, StdioPaths, task_service};
+use shim::containerd::{CreateArgs, Mount, StdioPaths, Tasks, task_service};
 
 fn ext4_image(tree: &Path, img: &Path) {
     let st = Command::new("mkfs.ext4")
@@ -25,6 +25,58 @@ fn ext4_image(tree: &Path, img: &Path) {
         .status()
         .expect("mkfs.ext4");
     assert!(st.success(), "mkfs.ext4 -d failed");
+}
+
+/// Runs task `id` of `bundle` (spec running `script`) on the ext4 image
+/// `img` mounted with `options`, to its exit; returns (status, stdout,
+/// stderr). `check_created` runs between create and start.
+fn run_on_snapshot(
+    tasks: &std::sync::Arc<Tasks>,
+    dir: &Path,
+    id: &str,
+    script: &str,
+    img: &Path,
+    options: &[&str],
+    check_created: impl FnOnce(),
+) -> (u32, String, String) {
+    let bundle = dir.join(format!("bundle-{id}"));
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    let spec = pod::spec_for(&["/bin/sh", "-c", script]);
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let (out, err) = (dir.join(format!("{id}.out")), dir.join(format!("{id}.err")));
+    let mount = Mount {
+        type_: "ext4".into(),
+        source: img.display().to_string(),
+        options: options.iter().map(|o| o.to_string()).collect(),
+        ..Default::default()
+    };
+    tasks
+        .create(CreateArgs {
+            id: id.into(),
+            bundle: bundle.display().to_string(),
+            rootfs: vec![mount],
+            stdio: StdioPaths {
+                stdin: String::new(),
+                stdout: format!("file://{}", out.display()),
+                stderr: format!("file://{}", err.display()),
+                terminal: false,
+            },
+        })
+        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    check_created();
+    tasks.start(id, "").expect("start");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (_, status, _) = loop {
+        match tasks.delete(id, "") {
+            Ok(done) => break done,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{id} never exited: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status, read(&out), read(&err))
 }
 
 fn debugfs_cat(img: &Path, path: &str) -> String {
@@ -50,16 +102,6 @@ fn a_block_snapshot_is_the_vms_root_drive_written_in_place() {
     std::fs::write(tree.join("etc/motd"), "from the block snapshot\n").unwrap();
     let img = dir.join("snapshot.ext4");
     ext4_image(&tree, &img);
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
-    let spec = pod::spec_for(&[
-        "/bin/sh",
-        "-c",
-        "cat /etc/motd; grep ' / ' /proc/mounts | cut -d' ' -f3; echo written in place > /root/note",
-    ]);
-    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
-    let out = dir.join("stdout");
-
     let address = format!("{}.ttrpc", env.containerd.socket().display());
     let tasks = task_service(
         env.containerd.namespace(),
@@ -67,95 +109,41 @@ fn a_block_snapshot_is_the_vms_root_drive_written_in_place() {
         &address,
     )
     .expect("task service");
-    let mount = Mount {
-        type_: "ext4".into(),
-        source: img.display().to_string(),
-        options: vec!["loop".into(), "rw".into()],
-        ..Default::default()
-    };
-    tasks
-        .create(CreateArgs {
-            id: "blk1".into(),
-            bundle: bundle.display().to_string(),
-            rootfs: vec![mount],
-            stdio: StdioPaths {
-                stdin: String::new(),
-                stdout: format!("file://{}", out.display()),
-                stderr: format!("file://{}", dir.join("stderr").display()),
-                terminal: false,
-            },
-        })
-        .expect("create");
-    // Nothing of the snapshot is mounted on the host.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(&*bundle.to_string_lossy()),
-        "the snapshot was mounted on the host"
+
+    let (status, out, err) = run_on_snapshot(
+        &tasks,
+        &dir,
+        "blk1",
+        "cat /etc/motd; grep ' / ' /proc/mounts | cut -d' ' -f3; echo written in place > /root/note",
+        &img,
+        &["loop", "rw"],
+        || {
+            // Nothing of the snapshot is mounted on the host.
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(
+                !mounts.contains(&*dir.to_string_lossy()),
+                "the snapshot was mounted on the host"
+            );
+        },
     );
-    tasks.start("blk1", "").expect("start");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (_, status, _) = loop {
-        match tasks.delete("blk1", "") {
-            Ok(done) => break done,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "never exited: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
-    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-    assert_eq!(status, 0, "{stderr}");
-    assert_eq!(
-        std::fs::read_to_string(&out).unwrap(),
-        "from the block snapshot\next4\n",
-        "{stderr}"
-    );
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(out, "from the block snapshot\next4\n", "{err}");
     // Written to the snapshot itself, now that the VM is gone.
     assert_eq!(debugfs_cat(&img, "/root/note"), "written in place\n");
 
     // A read-only snapshot: the container writes to a layer in guest
     // memory; the snapshot stays as it was.
-    let spec = pod::spec_for(&[
-        "/bin/sh",
-        "-c",
+    let (status, out, err) = run_on_snapshot(
+        &tasks,
+        &dir,
+        "blk2",
         "echo scratch > /root/other && cat /root/other /root/note",
-    ]);
-    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
-    let out2 = dir.join("stdout2");
-    tasks
-        .create(CreateArgs {
-            id: "blk2".into(),
-            bundle: bundle.display().to_string(),
-            rootfs: vec![Mount {
-                type_: "ext4".into(),
-                source: img.display().to_string(),
-                options: vec!["loop".into(), "ro".into()],
-                ..Default::default()
-            }],
-            stdio: StdioPaths {
-                stdin: String::new(),
-                stdout: format!("file://{}", out2.display()),
-                stderr: format!("file://{}", dir.join("stderr2").display()),
-                terminal: false,
-            },
-        })
-        .expect("create a task on a read-only snapshot");
-    tasks.start("blk2", "").expect("start");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (_, status, _) = loop {
-        match tasks.delete("blk2", "") {
-            Ok(done) => break done,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "never exited: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
-    assert_eq!(status, 0);
-    assert_eq!(
-        std::fs::read_to_string(&out2).unwrap(),
-        "scratch\nwritten in place\n"
+        &img,
+        &["loop", "ro"],
+        || {},
     );
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(out, "scratch\nwritten in place\n");
     assert_eq!(debugfs_cat(&img, "/root/other"), "");
     assert!(std::fs::read_dir(env.task_root()).unwrap().next().is_none());
 }

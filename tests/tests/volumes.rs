@@ -49,6 +49,16 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+/// `husk run` of `bundle` as `id`, its output piped, not waited for.
+fn run_in_background(h: &Husk, bundle: &Path, id: &str) -> std::process::Child {
+    h.command(&["run", "--bundle", bundle.to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn bind(dest: &str, source: &Path, options: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "destination": dest, "type": "bind", "source": source, "options": options
@@ -118,13 +128,7 @@ fn volume_data_persists_byte_exact_and_fsync_reaches_the_host() {
         ],
         serde_json::json!({"mounts": [bind("/vol", &vol, &["rbind"])]}),
     );
-    let mut child = h
-        .command(&["run", "--bundle", writer.to_str().unwrap(), "w1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_in_background(&h, &writer, "w1");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -174,13 +178,7 @@ fn changes_on_the_host_reach_a_running_container() {
         ],
         serde_json::json!({"mounts": [bind("/vol", &vol, &["rbind"])]}),
     );
-    let child = h
-        .command(&["run", "--bundle", b.to_str().unwrap(), "l1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = run_in_background(&h, &b, "l1");
     // Once the container runs, a file appears on the host.
     let start = Instant::now();
     while h.state("l1").is_none_or(|s| s["status"] != "running") {
@@ -301,13 +299,7 @@ fn secrets_are_bound_never_copied_to_host_disk() {
             bind("/etc/single", &single, &["rbind", "ro"]),
         ]}),
     );
-    let mut child = h
-        .command(&["run", "--bundle", b.to_str().unwrap(), "k1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_in_background(&h, &b, "k1");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     for _ in 0..2 {
         assert_eq!(lines.next().unwrap().unwrap(), token);
