@@ -155,6 +155,19 @@ pub struct RootfsImage {
     pub bytes: u64,
 }
 
+impl RootfsImage {
+    /// How the agent finds this image on the drive with `serial`: under a
+    /// writable tmpfs layer.
+    pub fn storage(&self, serial: String) -> protocol::Storage {
+        protocol::Storage {
+            source: protocol::StorageSource::Block { serial },
+            fstype: self.format.fstype().into(),
+            overlay: true,
+            writable: false,
+        }
+    }
+}
+
 /// What a tree holds: bytes in 4 KiB blocks and the number of inodes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TreeSize {

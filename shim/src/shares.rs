@@ -95,54 +95,26 @@ impl ShareRoot {
         for d in [&base, &root, &share.stage()] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let flag = |op, flags| {
-            nix::mount::mount(None::<&str>, &root, None::<&str>, flags, None::<&str>)
-                .map_err(mount_err(op, &root))
-        };
         let stage = share.stage();
         // The stage is a private mount of its own: binds made there are
         // seen nowhere else, whatever the propagation of the file system
-        // holding it.
-        let made = nix::mount::mount(
-            Some(&stage),
-            &stage,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(mount_err("bind", &stage))
-        .and_then(|()| {
-            nix::mount::mount(
-                None::<&str>,
-                &stage,
-                None::<&str>,
-                MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(mount_err("make private", &stage))
-        })
-        .and_then(|()| {
-            nix::mount::mount(
-                Some(&base),
-                &root,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(mount_err("bind", &root))
-        })
-        .and_then(|()| {
-            flag(
-                "remount read-only",
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-            )
-        })
-        // A peer group of its own (private first: a bind on a shared file
-        // system, such as /run on systemd hosts, joins that file system's
-        // group, and its binds would show up in `base` and in every copy
-        // of /run), whose only other members are virtiofsd's slaves.
-        .and_then(|()| flag("make private", MsFlags::MS_PRIVATE))
-        .and_then(|()| flag("make shared", MsFlags::MS_SHARED));
+        // holding it. The root is read-only, in a peer group of its own
+        // (private first: a bind on a shared file system, such as /run on
+        // systemd hosts, joins that file system's group, and its binds
+        // would show up in `base` and in every copy of /run), whose only
+        // other members are virtiofsd's slaves.
+        let made = bind_mount(&stage, &stage, MsFlags::empty())
+            .and_then(|()| set_flags(&stage, MsFlags::MS_PRIVATE, "make private"))
+            .and_then(|()| bind_mount(&base, &root, MsFlags::empty()))
+            .and_then(|()| {
+                set_flags(
+                    &root,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                    "remount read-only",
+                )
+            })
+            .and_then(|()| set_flags(&root, MsFlags::MS_PRIVATE, "make private"))
+            .and_then(|()| set_flags(&root, MsFlags::MS_SHARED, "make shared"));
         if let Err(e) = made {
             share.release();
             return Err(e);
@@ -174,26 +146,22 @@ impl ShareRoot {
             .map_err(io(&b.source))?
             .is_dir();
         placeholder(&self.base().join(&b.name), is_dir)?;
-        let mut flags = MsFlags::MS_BIND;
-        if b.recursive {
-            flags |= MsFlags::MS_REC;
-        }
+        let flags = if b.recursive {
+            MsFlags::MS_REC
+        } else {
+            MsFlags::empty()
+        };
         if !b.read_only {
-            return nix::mount::mount(Some(&b.source), &target, None::<&str>, flags, None::<&str>)
-                .map_err(mount_err("bind", &target));
+            return bind_mount(&b.source, &target, flags);
         }
         // A read-only flag set by remounting does not propagate to
         // virtiofsd's namespace: the bind is made read-only aside first,
         // then bound into the root, whose copies keep the flag.
         let stage = self.stage().join(b.name.replace('/', "_"));
         placeholder(&stage, is_dir)?;
-        let result = nix::mount::mount(Some(&b.source), &stage, None::<&str>, flags, None::<&str>)
-            .map_err(mount_err("bind", &stage))
+        let result = bind_mount(&b.source, &stage, flags)
             .and_then(|()| make_read_only(&stage, b.recursive))
-            .and_then(|()| {
-                nix::mount::mount(Some(&stage), &target, None::<&str>, flags, None::<&str>)
-                    .map_err(mount_err("bind", &target))
-            });
+            .and_then(|()| bind_mount(&stage, &target, flags));
         unmount(&stage);
         let _ = remove_placeholders(&stage);
         result
@@ -337,8 +305,25 @@ fn make_read_only(path: &Path, recursive: bool) -> Result<(), ShareError> {
             }
         }
     }
+    set_flags(path, flags, "remount read-only")
+}
+
+/// Binds `source` on `target` (`extra`: `MS_REC` for a recursive bind).
+fn bind_mount(source: &Path, target: &Path, extra: MsFlags) -> Result<(), ShareError> {
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | extra,
+        None::<&str>,
+    )
+    .map_err(mount_err("bind", target))
+}
+
+/// Changes the flags or propagation of the mount at `path`.
+fn set_flags(path: &Path, flags: MsFlags, op: &'static str) -> Result<(), ShareError> {
     nix::mount::mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
-        .map_err(mount_err("remount read-only", path))
+        .map_err(mount_err(op, path))
 }
 
 /// Makes an empty directory or file at `path` to bind onto.

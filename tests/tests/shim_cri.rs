@@ -242,6 +242,16 @@ fn cri_refuses_what_it_cannot_run_and_leaves_nothing() {
             .contains("io.husk.rootfs: \"nfs\" is not auto, block or virtio-fs"),
         "{e:?}"
     );
+    // A block root in a pod that shares roots (no spare drives): refused,
+    // saying how to get one.
+    let mut cfg = container_config("block-root", IMAGE, &["true"]);
+    cfg.annotations
+        .insert("io.husk.rootfs".into(), "block".into());
+    let e = cri
+        .create_container(&pod, &pod_cfg, cfg)
+        .and_then(|id| cri.start_container(&id).map(|()| id))
+        .expect_err("a block root without spare drives");
+    assert!(e.message().contains("no spare drives"), "{e:?}");
     // A command that does not exist in the image.
     let id = cri
         .create_container(

@@ -1,8 +1,9 @@
 //! Volumes of a CRI pod, as the kubelet asks for them: two containers of
 //! one pod VM mount the same host directory (an emptyDir), one read-only;
-//! one gets its root file system by virtio-fs (the default with QEMU), the
-//! other as a block image (annotation `io.husk.rootfs`, passed through by
-//! containerd's `container_annotations`).
+//! one gets its root file system by virtio-fs, the other as a block image
+//! (annotation `io.husk.rootfs` on the pod, which containerd's
+//! `pod_annotations` passes to every container of it, and on a container,
+//! by `container_annotations`).
 
 use integration_tests::cli::text;
 use integration_tests::containerd::CRI_HANDLER;
@@ -48,7 +49,12 @@ fn containers_of_a_pod_share_a_volume_and_a_root_can_come_by_virtio_fs() {
     let vol = env.husk.dir.join("empty-dir");
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::create_dir_all(&vol).unwrap();
-    let pod_cfg = pod_config("vols", &logs);
+    // Block roots in a pod need spare drives: a pod gets them when its
+    // sandbox's own root is a block image.
+    let mut pod_cfg = pod_config("vols", &logs);
+    pod_cfg
+        .annotations
+        .insert("io.husk.rootfs".into(), "block".into());
     let pod = cri.run_pod(&pod_cfg, CRI_HANDLER).expect("RunPodSandbox");
 
     let mut writer = container_config(
@@ -66,6 +72,11 @@ fn containers_of_a_pod_share_a_volume_and_a_root_can_come_by_virtio_fs() {
         .insert("io.husk.rootfs".into(), "block".into());
     let mut reader = container_config("reader", IMAGE, &["sleep", "1000"]);
     reader.mounts = vec![volume("/shared", &vol, true)];
+    // The pod's annotation reaches its containers too; this one asks for
+    // its own.
+    reader
+        .annotations
+        .insert("io.husk.rootfs".into(), "virtio-fs".into());
     let w = cri
         .create_container(&pod, &pod_cfg, writer)
         .expect("CreateContainer writer");

@@ -55,10 +55,11 @@ impl Launcher {
     }
 }
 
-/// Spare drives a pod's VM boots with: how many containers may join it.
-/// QEMU's microvm wires virtio-mmio devices to 8 interrupt lines; with the
-/// vsock device and the sandbox's own root drive, 6 are left, less one per
-/// network interface.
+/// Spare drives a pod's VM boots with when its roots come as block images:
+/// how many such containers may join it. QEMU's microvm wires virtio-mmio
+/// devices to 8 interrupt lines; with the vsock device and the sandbox's
+/// own root drive, 6 are left, less one per network interface and one for
+/// virtio-fs. A pod that shares roots by virtio-fs boots without them.
 pub const POD_SLOTS: usize = 6;
 
 /// Size of each spare drive (sparse on the host): the largest root image
@@ -125,7 +126,13 @@ impl Sandbox {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let total = slots.len();
         let slot = slots.iter_mut().find(|s| !s.used).ok_or_else(|| {
-            format!("no spare drive left: this pod VM takes at most {total} containers")
+            if total == 0 {
+                "this pod VM has no spare drives for block roots: it shares roots by virtio-fs \
+                 (annotate its sandbox io.husk.rootfs=block to boot it with spare drives)"
+                    .to_string()
+            } else {
+                format!("no spare drive left: this pod VM takes at most {total} containers with block roots")
+            }
         })?;
         let mut src =
             std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;

@@ -423,7 +423,12 @@ impl Tasks {
                             nics.len()
                         ))
                     })?;
-                    make_slots(&dir, count).map_err(TaskError::internal)?
+                    // Spare drives serve members whose roots come as block
+                    // images; a pod that shares roots boots without them
+                    // (the guest probes each at boot, ~115 ms under TCG).
+                    let want_drives = share.is_none() || delivery == Delivery::Block;
+                    make_slots(&dir, if want_drives { count } else { 0 })
+                        .map_err(TaskError::internal)?
                 } else {
                     Vec::new()
                 };
@@ -512,12 +517,7 @@ impl Tasks {
                         overlay: b.read_only,
                         writable: !b.read_only,
                     },
-                    (None, Some(image), Some(serial)) => Storage {
-                        source: StorageSource::Block { serial },
-                        fstype: image.format.fstype().into(),
-                        overlay: true,
-                        writable: false,
-                    },
+                    (None, Some(image), Some(serial)) => image.storage(serial),
                     _ => shares::rootfs_storage(&args.id, bundle.root_readonly()),
                 },
             })

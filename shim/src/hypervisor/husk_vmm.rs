@@ -62,7 +62,7 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         "network-interfaces": nics,
         "vsock": {"guest_cid": 3, "uds_path": vsock},
     });
-    let mut helpers = Vec::new();
+    let mut helpers = super::Helpers::default();
     if let Some(shared) = &spec.shared_dir {
         let socket = dir.join("fs.sock");
         helpers.push(super::virtiofsd(dir, shared, &socket)?);
@@ -89,17 +89,14 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         .stdout(Stdio::null())
         .stderr(Stdio::from(create_file(&dir.join("husk-vmm.log"))?))
         .spawn()
-        .map_err(|source| {
-            super::stop_all(&mut helpers);
-            HypervisorError::Spawn {
-                program: "husk-vmm",
-                source,
-            }
+        .map_err(|source| HypervisorError::Spawn {
+            program: "husk-vmm",
+            source,
         })?;
     Ok(Vm {
         backend: Backend::HuskVmm,
         vmm: Some(vmm),
-        helpers,
+        helpers: helpers.into_inner(),
         vsock,
         console,
     })

@@ -485,6 +485,30 @@ pub(crate) fn stop_all(helpers: &mut Vec<Child>) {
     }
 }
 
+/// Helper processes of a VM being started: stopped when dropped, so that
+/// no early return of a backend leaves one running; `into_inner` hands
+/// them to the [`Vm`].
+#[derive(Debug, Default)]
+pub(crate) struct Helpers(Vec<Child>);
+
+impl Helpers {
+    /// Adds a started helper.
+    pub(crate) fn push(&mut self, child: Child) {
+        self.0.push(child);
+    }
+
+    /// The VM started: it owns the helpers now.
+    pub(crate) fn into_inner(mut self) -> Vec<Child> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        stop_all(&mut self.0);
+    }
+}
+
 /// A file in the VM's directory, with its path in errors.
 pub(crate) fn create_file(path: &Path) -> Result<std::fs::File, HypervisorError> {
     std::fs::File::create(path).map_err(|source| HypervisorError::Io {

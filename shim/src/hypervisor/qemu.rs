@@ -43,16 +43,11 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
             source,
         })?;
     wait_for_path(&vu, &mut helper, "vhost-device-vsock", &helper_log)?;
-    let mut helpers = vec![helper];
+    let mut helpers = super::Helpers::default();
+    helpers.push(helper);
     let fs_socket = dir.join("fs.sock");
     if let Some(shared) = &spec.shared_dir {
-        match super::virtiofsd(dir, shared, &fs_socket) {
-            Ok(h) => helpers.push(h),
-            Err(e) => {
-                stop(&mut helpers);
-                return Err(e);
-            }
-        }
+        helpers.push(super::virtiofsd(dir, shared, &fs_socket)?);
     }
 
     let accel = if super::kvm_kind() == KvmKind::Hardware {
@@ -126,22 +121,15 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         .stdout(Stdio::null())
         .stderr(Stdio::from(create_file(&dir.join("qemu.log"))?))
         .spawn()
-        .map_err(|source| {
-            stop(&mut helpers);
-            HypervisorError::Spawn {
-                program: "qemu-system-x86_64",
-                source,
-            }
+        .map_err(|source| HypervisorError::Spawn {
+            program: "qemu-system-x86_64",
+            source,
         })?;
     Ok(Vm {
         backend: super::Backend::Qemu,
         vmm: Some(vmm),
-        helpers,
+        helpers: helpers.into_inner(),
         vsock: hybrid,
         console,
     })
-}
-
-fn stop(helpers: &mut Vec<std::process::Child>) {
-    super::stop_all(helpers);
 }

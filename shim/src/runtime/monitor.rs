@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::network::NetworkConfig;
-use protocol::{Call, ExitInfo, SandboxConfig, StdioStream, Storage, StorageSource};
+use protocol::{Call, ExitInfo, SandboxConfig, StdioStream};
 
 use super::boot::{BootError, Booted, boot_vm, check_file, make_vm_dir};
 use super::bundle::{Bundle, BundleError, guest_mounts, write_guest_files};
@@ -287,14 +287,7 @@ fn prepare_container(args: &MonitorArgs, bundle_dir: &Path) -> Result<Running, M
     write_guest_files(&mut client, mounts.files)?;
     let streams = Streams::attach(&vsock, id, "", terminal)?;
     let rootfs = match &image {
-        Some(image) => Storage {
-            source: StorageSource::Block {
-                serial: "rootfs".into(),
-            },
-            fstype: image.format.fstype().into(),
-            overlay: true,
-            writable: false,
-        },
+        Some(image) => image.storage("rootfs".into()),
         None => shares::rootfs_storage(id, bundle.root_readonly()),
     };
     client.call_empty(Call::CreateContainer {
