@@ -238,7 +238,7 @@ fn bad_input_fails_cleanly() {
         "husk: kernel /nonexistent/vmlinux: not found (set `kernel` in the husk config file, /etc/husk/config.toml or $HUSK_CONFIG)\n"
     );
     assert!(!h.root.join("x3").exists());
-    assert!(processes_mentioning(&h.root).is_empty());
+    assert_eq!(processes_mentioning(&h.root), Vec::<String>::new());
     // `spec` writes a default config.json once.
     let dir = h.dir.join("spec");
     std::fs::create_dir_all(&dir).unwrap();
@@ -408,7 +408,7 @@ fn terminal_through_the_console_socket_and_update_and_events() {
         text(&out.stderr)
     );
     assert!(h.run(&["delete", "--force", "t1"]).status.success());
-    assert!(processes_mentioning(&h.root).is_empty());
+    assert_eq!(processes_mentioning(&h.root), Vec::<String>::new());
 }
 
 #[test]

@@ -11,7 +11,9 @@ use super::console::OwnConsole;
 use super::exec::{check_preserve_fds, exec, spawn_monitor, status_of, write_pid_file};
 use crate::agent::{AgentClient, AgentError};
 use crate::runtime::hooks::{self, HookKind};
-use crate::runtime::state::{ContainerState, StateError, Status, Store, start_time};
+use crate::runtime::state::{
+    ContainerState, StateError, Status, Store, kill_and_wait, with_group_members,
+};
 
 /// `create`, `start`, `state`, `kill`, `delete`.
 pub fn standard(store: &Store, cmd: StandardCmd) -> Result<i32, CliError> {
@@ -409,19 +411,11 @@ fn force_delete(store: &Store, id: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Kills a container's monitor and waits until it and the VM's processes
-/// (which die with it) are gone.
+/// Kills a container's monitor and the VM's processes (which die with it
+/// anyway) and waits until they, and the processes of the groups they
+/// lead, are gone.
 fn stop_monitor(state: &ContainerState) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    if state.monitor_alive() {
-        // SAFETY: kill(2) on the PID the state names, checked against its
-        // start time just above.
-        unsafe { libc::kill(state.pid, libc::SIGKILL) };
-    }
-    let alive = |&(pid, start): &(i32, u64)| start_time(pid) == Some(start);
     let mut all = vec![(state.pid, state.pid_start)];
-    all.extend(state.vm_processes.iter().copied());
-    while all.iter().any(alive) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    all.extend(with_group_members(&state.vm_processes));
+    kill_and_wait(&all, Duration::from_secs(10));
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::Vm;
-use crate::runtime::state::start_time;
+use crate::runtime::state::{kill_and_wait, with_group_members};
 use crate::shares::ShareRoot;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -248,24 +248,10 @@ pub fn clean_up(dir: &Path) {
     }
 }
 
-/// Kills the recorded processes and waits (a little) until they are gone.
+/// Kills the recorded processes, and the members of the process groups
+/// they lead, and waits (a little) until they are gone.
 pub fn kill_recorded(processes: &[(i32, u64)]) {
-    for &(pid, start) in processes {
-        if pid > 0 && start_time(pid) == Some(start) {
-            // SAFETY: kill(2) on a PID whose start time matches the one we
-            // recorded: our own VM process, not a reused PID.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    for _ in 0..200 {
-        if processes
-            .iter()
-            .all(|&(pid, start)| start_time(pid) != Some(start))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    kill_and_wait(&with_group_members(processes), Duration::from_secs(2));
 }
 
 pub use crate::shares::unmount;

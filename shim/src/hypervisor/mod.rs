@@ -474,6 +474,13 @@ pub fn virtiofs_available() -> bool {
 /// helper leads (virtiofsd's sandboxed child), so that none outlives the
 /// call.
 pub(crate) fn stop_all(helpers: &mut Vec<Child>) {
+    use crate::runtime::state::{kill_and_wait, start_time, with_group_members};
+    let recorded: Vec<(i32, u64)> = helpers
+        .iter()
+        .filter_map(|h| i32::try_from(h.id()).ok())
+        .filter_map(|p| start_time(p).map(|t| (p, t)))
+        .collect();
+    let members = with_group_members(&recorded);
     for mut h in helpers.drain(..) {
         if let Ok(pid) = i32::try_from(h.id()) {
             // SAFETY: kill(2) on the process group our own child leads (a
@@ -483,6 +490,7 @@ pub(crate) fn stop_all(helpers: &mut Vec<Child>) {
         let _ = h.kill();
         let _ = h.wait();
     }
+    kill_and_wait(&members, Duration::from_secs(2));
 }
 
 /// Helper processes of a VM being started: stopped when dropped, so that
