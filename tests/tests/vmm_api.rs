@@ -92,6 +92,13 @@ fn configure_start_and_query() {
     );
     assert_eq!(r.status, 400);
     assert!(r.body.contains("already"), "{}", r.body);
+    let r = vm.request("PUT", "/entropy", Some("{}"));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("after the microVM has started"),
+        "{}",
+        r.body
+    );
 
     // The VM is unaffected by all that.
     let r = vm.request("GET", "/", None);
@@ -144,7 +151,34 @@ fn bad_requests_get_400_and_change_nothing() {
             Some(r#"{"action_type":"SendCtrlAltDel"}"#),
             "not been started",
         ),
-        ("PUT", "/drives/rootfs", Some("{}"), "not implemented"),
+        ("PUT", "/balloon", Some("{}"), "not implemented"),
+        ("PATCH", "/drives/rootfs", Some("{}"), "not implemented"),
+        (
+            "PUT",
+            "/drives/rootfs",
+            Some(
+                r#"{"drive_id":"rootfs","path_on_host":"/nonexistent.img","is_root_device":true}"#,
+            ),
+            "/nonexistent.img",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            Some(r#"{"drive_id":"data","path_on_host":"/dev/null","is_root_device":false}"#),
+            "path names",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            Some(r#"{"guest_cid":1,"uds_path":"/tmp/v.sock"}"#),
+            "guest_cid",
+        ),
+        (
+            "PUT",
+            "/fs/my%20tag",
+            Some(r#"{"tag":"my%20tag","socket":"/tmp/fs.sock"}"#),
+            "fs[].tag",
+        ),
         (
             "PUT",
             "/actions",
@@ -170,9 +204,94 @@ fn bad_requests_get_400_and_change_nothing() {
     assert_eq!(r.status, 413);
     let r = vm.request("GET", "/", None);
     assert_eq!(json(&r.body)["state"], "Not started");
+    // No refused device was kept.
+    let cfg = json(&vm.request("GET", "/vm/config", None).body);
+    assert!(
+        cfg.get("drives").is_none() && cfg.get("vsock").is_none(),
+        "{cfg}"
+    );
+    assert!(cfg.get("fs").is_none(), "{cfg}");
     assert_eq!(
         json(&vm.request("GET", "/machine-config", None).body),
         serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false, "track_dirty_pages": false})
+    );
+}
+
+/// Drives and the entropy device put through the API, one of them put
+/// twice (the second put wins), reach the guest as the configuration file
+/// would give them.
+#[test]
+fn devices_configured_through_the_api_reach_the_guest() {
+    host::announce(host::require_kvm());
+    let dir = TempDir::new("api-devices");
+    let rw: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 31 % 251) as u8).collect();
+    let ro: Vec<u8> = (0..512 * 1024).map(|i: u32| (i * 17 % 241) as u8).collect();
+    let (rw_path, ro_path) = (dir.join("rw.img"), dir.join("ro.img"));
+    std::fs::write(&rw_path, &rw).unwrap();
+    std::fs::write(&ro_path, &ro).unwrap();
+    let vm = ApiVmm::start(&dir);
+    let args = "console=ttyS0 test=blk";
+    let source = serde_json::json!({"kernel_image_path": guest::virtio(), "boot_args": args});
+    let puts = [
+        ("/boot-source", source),
+        (
+            "/drives/rootfs",
+            serde_json::json!({"drive_id": "rootfs", "path_on_host": rw_path, "is_root_device": true}),
+        ),
+        // Read-write at first, then put again read-only.
+        (
+            "/drives/data-ro",
+            serde_json::json!({"drive_id": "data-ro", "path_on_host": ro_path, "is_root_device": false}),
+        ),
+        (
+            "/drives/data-ro",
+            serde_json::json!({"drive_id": "data-ro", "path_on_host": ro_path, "is_root_device": false, "is_read_only": true}),
+        ),
+        ("/entropy", serde_json::json!({})),
+    ];
+    for (path, body) in &puts {
+        let r = vm.request("PUT", path, Some(&body.to_string()));
+        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
+    }
+    let cfg = json(&vm.request("GET", "/vm/config", None).body);
+    assert_eq!(cfg["drives"].as_array().map(Vec::len), Some(2), "{cfg}");
+    assert_eq!(cfg["entropy"], serde_json::json!({}), "{cfg}");
+    let r = vm.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let out = vm.wait_console(guest::VIRTIO_DONE, T);
+    assert_eq!(
+        guest::field(&out, "blk 0 id=", "id"),
+        Some("rootfs"),
+        "{out}"
+    );
+    assert_eq!(guest::field(&out, "blk 0 id=", "ro"), Some("0"), "{out}");
+    assert_eq!(
+        guest::field(&out, "blk 1 id=", "id"),
+        Some("data-ro"),
+        "{out}"
+    );
+    assert_eq!(guest::field(&out, "blk 1 id=", "ro"), Some("1"), "{out}");
+    assert_eq!(
+        guest::field(&out, "blk 1 write8", "status"),
+        Some("1"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&ro_path).unwrap(),
+        ro,
+        "the read-only drive changed"
+    );
+    // The test guest powers off when done.
+    let end = vm.wait(T);
+    assert_eq!(
+        end.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&end.stderr)
     );
 }
 

@@ -418,6 +418,13 @@ impl VmConfig {
             .ok_or(ConfigError::MissingBootSource)?
             .validate()?;
         self.machine_config.validate(host_mem_mib)?;
+        self.validate_devices()
+    }
+
+    /// Validates the devices: each one's fields, unique names, one root
+    /// drive at most, and the number of MMIO slots (what the API checks
+    /// when a device is added before the start).
+    pub fn validate_devices(&self) -> Result<(), ConfigError> {
         let mut roots = 0;
         for (i, d) in self.drives.iter().enumerate() {
             d.validate()?;

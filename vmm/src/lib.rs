@@ -249,6 +249,18 @@ impl Vmm {
         }
     }
 
+    /// Applies a device change made before the start, if the devices are
+    /// still valid with it; otherwise nothing changes.
+    fn change_devices(&mut self, what: &str, change: impl FnOnce(&mut VmConfig)) -> ActionResult {
+        self.not_after_start(what)?;
+        let mut next = self.config.clone();
+        change(&mut next);
+        next.validate_devices()
+            .map_err(|e| ActionError::bad_request(e.to_string()))?;
+        self.config = next;
+        Ok(VmmData::Empty)
+    }
+
     /// Carries out one API action.
     pub fn handle_action(&mut self, action: VmmAction) -> ActionResult {
         match action {
@@ -280,6 +292,29 @@ impl Vmm {
                 self.config.boot_source = Some(b);
                 Ok(VmmData::Empty)
             }
+            VmmAction::PutDrive(d) => {
+                // Said now rather than at the start: a path that cannot be
+                // opened.
+                if let Err(e) = std::fs::metadata(&d.path_on_host) {
+                    return Err(ActionError::bad_request(format!(
+                        "drives: path_on_host {}: {e}",
+                        d.path_on_host.display()
+                    )));
+                }
+                self.change_devices("drives", |c| {
+                    replace_or_add(&mut c.drives, d, |o, n| o.drive_id == n.drive_id);
+                })
+            }
+            VmmAction::PutNetworkInterface(n) => self.change_devices("network-interfaces", |c| {
+                replace_or_add(&mut c.network_interfaces, n, |o, n| {
+                    o.iface_id == n.iface_id
+                });
+            }),
+            VmmAction::PutVsock(v) => self.change_devices("vsock", |c| c.vsock = Some(v)),
+            VmmAction::PutEntropy(e) => self.change_devices("entropy", |c| c.entropy = Some(e)),
+            VmmAction::PutFs(f) => self.change_devices("fs", |c| {
+                replace_or_add(&mut c.fs, f, |o, n| o.tag == n.tag);
+            }),
             VmmAction::InstanceStart => {
                 if self.vm.is_some() {
                     return Err(ActionError::bad_request("the microVM is already started"));
@@ -336,9 +371,109 @@ impl Vmm {
     }
 }
 
+/// Replaces the entry of `list` that `same` matches with `new`, or appends
+/// it: a device put again before the start is updated in place.
+fn replace_or_add<T>(list: &mut Vec<T>, new: T, same: impl Fn(&T, &T) -> bool) {
+    match list.iter().position(|o| same(o, &new)) {
+        Some(i) => list[i] = new,
+        None => list.push(new),
+    }
+}
+
 /// Creates the eventfd the API thread writes to wake the VMM thread.
 pub fn api_eventfd() -> Result<Arc<EventFd>, VmmError> {
     Ok(Arc::new(
         EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::{DriveConfig, FsConfig};
+
+    fn vmm() -> Vmm {
+        Vmm::new(
+            "t".into(),
+            VmConfig::default(),
+            Box::new(std::io::sink()),
+            false,
+        )
+        .unwrap()
+    }
+
+    fn drive(id: &str, root: bool) -> DriveConfig {
+        DriveConfig {
+            drive_id: id.into(),
+            // Any file that exists.
+            path_on_host: "/proc/self/exe".into(),
+            is_root_device: root,
+            is_read_only: true,
+            partuuid: None,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+        }
+    }
+
+    #[test]
+    fn devices_put_before_the_start_are_added_or_replaced() {
+        let mut v = vmm();
+        assert_eq!(
+            v.handle_action(VmmAction::PutDrive(drive("rootfs", true))),
+            Ok(VmmData::Empty)
+        );
+        assert_eq!(
+            v.handle_action(VmmAction::PutDrive(drive("data", false))),
+            Ok(VmmData::Empty)
+        );
+        let mut again = drive("data", false);
+        again.is_read_only = false;
+        assert_eq!(
+            v.handle_action(VmmAction::PutDrive(again)),
+            Ok(VmmData::Empty)
+        );
+        assert_eq!(v.config.drives.len(), 2);
+        assert!(!v.config.drives[1].is_read_only);
+        let fs = FsConfig {
+            tag: "husk".into(),
+            socket: "/run/fs.sock".into(),
+        };
+        assert_eq!(v.handle_action(VmmAction::PutFs(fs)), Ok(VmmData::Empty));
+        assert_eq!(v.config.fs.len(), 1);
+    }
+
+    #[test]
+    fn a_refused_device_changes_nothing() {
+        let mut v = vmm();
+        v.handle_action(VmmAction::PutDrive(drive("rootfs", true)))
+            .unwrap();
+        let before = v.config.clone();
+        // A second root drive.
+        let e = v
+            .handle_action(VmmAction::PutDrive(drive("other", true)))
+            .unwrap_err();
+        assert!(e.message.contains("root"), "{}", e.message);
+        // A file that does not exist.
+        let mut missing = drive("gone", false);
+        missing.path_on_host = "/nonexistent/disk.img".into();
+        let e = v.handle_action(VmmAction::PutDrive(missing)).unwrap_err();
+        assert!(e.message.contains("/nonexistent/disk.img"), "{}", e.message);
+        // A bad tag, and more devices than the MMIO slots.
+        let bad = FsConfig {
+            tag: "a b".into(),
+            socket: "/s".into(),
+        };
+        assert!(v.handle_action(VmmAction::PutFs(bad)).is_err());
+        for i in 0..config::MAX_DRIVES {
+            let _ = v.handle_action(VmmAction::PutDrive(drive(&format!("d{i}"), false)));
+        }
+        assert_eq!(v.config.drives.len(), config::MAX_DRIVES);
+        let e = v
+            .handle_action(VmmAction::PutDrive(drive("one-more", false)))
+            .unwrap_err();
+        assert_eq!(v.config.drives.len(), config::MAX_DRIVES, "{}", e.message);
+        v.config.drives.truncate(1);
+        assert_eq!(v.config, before);
+    }
 }

@@ -11,7 +11,10 @@ pub mod server;
 
 use std::sync::mpsc::Sender;
 
-use crate::config::{BootSourceConfig, MachineConfig};
+use crate::config::{
+    BootSourceConfig, DriveConfig, EntropyConfig, FsConfig, MachineConfig, NetworkInterfaceConfig,
+    VsockConfig,
+};
 
 /// What a client asks of the VMM.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +29,16 @@ pub enum VmmAction {
     PutMachineConfig(MachineConfig),
     /// `PUT /boot-source`
     PutBootSource(BootSourceConfig),
+    /// `PUT /drives/{drive_id}` (before the start): adds or replaces.
+    PutDrive(DriveConfig),
+    /// `PUT /network-interfaces/{iface_id}` (before the start).
+    PutNetworkInterface(NetworkInterfaceConfig),
+    /// `PUT /vsock` (before the start).
+    PutVsock(VsockConfig),
+    /// `PUT /entropy` (before the start).
+    PutEntropy(EntropyConfig),
+    /// `PUT /fs/{tag}` (before the start; husk's addition).
+    PutFs(FsConfig),
     /// `PUT /actions` `InstanceStart`
     InstanceStart,
     /// `PUT /actions` `SendCtrlAltDel`

@@ -3,7 +3,10 @@
 use serde::Deserialize;
 
 use super::{ActionError, VmmAction};
-use crate::config::{BootSourceConfig, MachineConfig};
+use crate::config::{
+    BootSourceConfig, DriveConfig, EntropyConfig, FsConfig, MachineConfig, NetworkInterfaceConfig,
+    VsockConfig,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +27,23 @@ fn json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, ActionE
         )));
     }
     serde_json::from_slice(body).map_err(|e| ActionError::bad_request(format!("{what}: {e}")))
+}
+
+/// The body of `PUT /<what>/<id>`, whose name field must be `id`.
+fn named<'a, T: Deserialize<'a>>(
+    what: &str,
+    id: &str,
+    body: &'a [u8],
+    name: impl Fn(&T) -> &str,
+) -> Result<T, ActionError> {
+    let value: T = json(what, body)?;
+    if name(&value) != id {
+        return Err(ActionError::bad_request(format!(
+            "{what}: the body names {:?} but the path names {id:?}",
+            name(&value)
+        )));
+    }
+    Ok(value)
 }
 
 /// Turns a request into an action, or a 400 naming what was wrong.
@@ -64,19 +84,43 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ActionE
                 ))),
             }
         }
+        ("PUT", "/vsock") => Ok(VmmAction::PutVsock(json::<VsockConfig>("vsock", body)?)),
+        ("PUT", "/entropy") => Ok(VmmAction::PutEntropy(json::<EntropyConfig>(
+            "entropy", body,
+        )?)),
+        ("PUT", _) if path.starts_with("/drives/") => {
+            let id = &path["/drives/".len()..];
+            Ok(VmmAction::PutDrive(named(
+                "drives",
+                id,
+                body,
+                |d: &DriveConfig| &d.drive_id,
+            )?))
+        }
+        ("PUT", _) if path.starts_with("/network-interfaces/") => {
+            let id = &path["/network-interfaces/".len()..];
+            Ok(VmmAction::PutNetworkInterface(named(
+                "network-interfaces",
+                id,
+                body,
+                |n: &NetworkInterfaceConfig| &n.iface_id,
+            )?))
+        }
+        ("PUT", _) if path.starts_with("/fs/") => {
+            let tag = &path["/fs/".len()..];
+            Ok(VmmAction::PutFs(named("fs", tag, body, |f: &FsConfig| {
+                &f.tag
+            })?))
+        }
+        ("PUT", "/drives" | "/network-interfaces" | "/fs") => {
+            Err(ActionError::bad_request(format!(
+                "{}: the path must name the device: PUT {path}/<id>",
+                &path[1..]
+            )))
+        }
         (
             "PUT" | "PATCH",
-            "/drives"
-            | "/network-interfaces"
-            | "/vsock"
-            | "/logger"
-            | "/metrics"
-            | "/mmds"
-            | "/balloon"
-            | "/snapshot/create"
-            | "/snapshot/load"
-            | "/entropy"
-            | "/fs"
+            "/logger" | "/metrics" | "/mmds" | "/balloon" | "/snapshot/create" | "/snapshot/load"
             | "/cpu-config",
         ) => Err(ActionError::bad_request(format!(
             "not implemented: {method} {path}"
@@ -129,6 +173,30 @@ mod tests {
             VmmAction::PutBootSource(b) => assert_eq!(b.kernel_image_path.to_str(), Some("/k")),
             other => panic!("{other:?}"),
         }
+        let drive = br#"{"drive_id":"rootfs","path_on_host":"/d","is_root_device":true}"#;
+        match parse("PUT", "/drives/rootfs", drive).unwrap() {
+            VmmAction::PutDrive(d) => {
+                assert_eq!((d.drive_id.as_str(), d.is_root_device), ("rootfs", true))
+            }
+            other => panic!("{other:?}"),
+        }
+        let nic = br#"{"iface_id":"eth0","host_dev_name":"tap0"}"#;
+        match parse("PUT", "/network-interfaces/eth0", nic).unwrap() {
+            VmmAction::PutNetworkInterface(n) => assert_eq!(n.host_dev_name, "tap0"),
+            other => panic!("{other:?}"),
+        }
+        match parse("PUT", "/vsock", br#"{"guest_cid":3,"uds_path":"/v"}"#).unwrap() {
+            VmmAction::PutVsock(v) => assert_eq!(v.guest_cid, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse("PUT", "/entropy", b"{}").unwrap(),
+            VmmAction::PutEntropy(EntropyConfig::default())
+        );
+        match parse("PUT", "/fs/husk", br#"{"tag":"husk","socket":"/f"}"#).unwrap() {
+            VmmAction::PutFs(f) => assert_eq!(f.socket.to_str(), Some("/f")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -150,8 +218,17 @@ mod tests {
         let e = parse("PATCH", "/vm", br#"{"state":"Frozen"}"#).unwrap_err();
         assert!(e.message.contains("Frozen"));
         let e = parse("PUT", "/fs/vol0", b"{}").unwrap_err();
-        assert_eq!(e.message, "not implemented: PUT /fs/vol0");
-        let e = parse("PUT", "/drives/rootfs", b"{}").unwrap_err();
+        assert!(e.message.contains("missing field `tag`"), "{}", e.message);
+        let e = parse("PUT", "/fs/vol0", br#"{"tag":"vol1","socket":"/s"}"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            "fs: the body names \"vol1\" but the path names \"vol0\""
+        );
+        let e = parse("PUT", "/drives", br#"{"drive_id":"x"}"#).unwrap_err();
+        assert!(e.message.contains("PUT /drives/<id>"), "{}", e.message);
+        let e = parse("PATCH", "/drives/rootfs", b"{}").unwrap_err();
+        assert_eq!(e.message, "not implemented: PATCH /drives/rootfs");
+        let e = parse("PUT", "/balloon", b"{}").unwrap_err();
         assert!(e.message.starts_with("not implemented"));
         let e = parse("PUT", "/boot-source", b"{not json").unwrap_err();
         assert!(e.message.starts_with("boot-source:"));
