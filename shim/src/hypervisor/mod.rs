@@ -385,20 +385,36 @@ pub(crate) fn find_program(name: &str, env_var: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// Waits for `path` to appear (a helper's socket).
-pub(crate) fn wait_for_path(
-    path: &Path,
-    child: &mut Child,
+/// Spawns a helper daemon (vhost-device-vsock, virtiofsd) with its stderr
+/// in `log` and waits for it to create `socket`. If it exits or is too
+/// slow, it is killed with the process group it leads (if any) before it
+/// is reaped, and the error quotes the last line it logged.
+pub(crate) fn spawn_helper(
+    mut cmd: Command,
     what: &'static str,
+    socket: &Path,
     log: &Path,
-) -> Result<(), HypervisorError> {
+) -> Result<Child, HypervisorError> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(create_file(log)?))
+        .spawn()
+        .map_err(|source| HypervisorError::Spawn {
+            program: what,
+            source,
+        })?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
+    while !socket.exists() {
         let exited = matches!(child.try_wait(), Ok(Some(_)));
         if Instant::now() >= deadline || exited {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on the process group our own, not yet
+                // reaped, child leads (ESRCH when it leads none).
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
             let _ = child.kill();
             let _ = child.wait();
-            // The last line the helper logged says why.
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let last: String = text
                 .lines()
@@ -417,7 +433,7 @@ pub(crate) fn wait_for_path(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(())
+    Ok(child)
 }
 
 /// Starts `virtiofsd` exporting `shared` on `socket`. It runs in its own
@@ -434,35 +450,18 @@ pub(crate) fn virtiofsd(
             program: "virtiofsd",
             hint: "cargo install virtiofsd (scripts/setup.sh)",
         })?;
-    let log = dir.join("virtiofsd.log");
     let mut cmd = Command::new(program);
     die_with_parent(&mut cmd);
     // Its own process group, which `stop_all` kills whole: virtiofsd forks
     // its sandboxed server.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .arg("--socket-path")
+    cmd.arg("--socket-path")
         .arg(socket)
         .arg("--shared-dir")
         .arg(shared)
         .args(["--cache", "auto", "--sandbox", "namespace"])
-        .args(["--rlimit-nofile", "0", "--log-level", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(create_file(&log)?))
-        .spawn()
-        .map_err(|source| HypervisorError::Spawn {
-            program: "virtiofsd",
-            source,
-        })?;
-    if let Err(e) = wait_for_path(socket, &mut child, "virtiofsd", &log) {
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill(2) on the process group of our own child.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-        }
-        return Err(e);
-    }
-    Ok(child)
+        .args(["--rlimit-nofile", "0", "--log-level", "warn"]);
+    spawn_helper(cmd, "virtiofsd", socket, &dir.join("virtiofsd.log"))
 }
 
 /// Whether `virtiofsd` can be found (see [`find_program`]).

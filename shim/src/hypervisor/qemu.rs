@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::{HypervisorError, KvmKind, Vm, VmSpec, create_file, find_program, wait_for_path};
+use super::{HypervisorError, KvmKind, Vm, VmSpec, create_file, find_program, spawn_helper};
 
 pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     let qemu =
@@ -27,22 +27,14 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     let helper_log = dir.join("vhost-device-vsock.log");
     let mut helper_cmd = Command::new(daemon);
     super::die_with_parent(&mut helper_cmd);
-    let mut helper = helper_cmd
+    helper_cmd
         .arg("--guest-cid")
         .arg("3")
         .arg("--socket")
         .arg(&vu)
         .arg("--uds-path")
-        .arg(&hybrid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(create_file(&helper_log)?))
-        .spawn()
-        .map_err(|source| HypervisorError::Spawn {
-            program: "vhost-device-vsock",
-            source,
-        })?;
-    wait_for_path(&vu, &mut helper, "vhost-device-vsock", &helper_log)?;
+        .arg(&hybrid);
+    let helper = spawn_helper(helper_cmd, "vhost-device-vsock", &vu, &helper_log)?;
     let mut helpers = super::Helpers::default();
     helpers.push(helper);
     let fs_socket = dir.join("fs.sock");
