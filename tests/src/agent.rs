@@ -15,28 +15,10 @@ use shim::rootfs::ImageFormat;
 
 use crate::initramfs::{Entry, build};
 
-/// Builds (if needed) and returns the static `husk-agent`.
+/// Builds (if needed) and returns the static `husk-agent`; `$HUSK_AGENT`
+/// names one built already (the nested lab passes the host's).
 pub fn binary() -> PathBuf {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = ws.join("target/agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&ws)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "guest-agent",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .status()
-        .expect("run cargo to build husk-agent");
-    assert!(status.success(), "building husk-agent failed");
-    target_dir.join("x86_64-unknown-linux-gnu/release/husk-agent")
+    crate::host::static_binary("guest-agent", "husk-agent", "HUSK_AGENT")
 }
 
 /// An initramfs whose /init is `agent`.

@@ -66,6 +66,38 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Builds (if needed) and returns a statically linked binary `name` of
+/// workspace package `package`, for a guest: glibc with `+crt-static`, in
+/// its own target directory (`target/agent`). `$env_override` names one
+/// built already (the nested lab passes the host's).
+pub fn static_binary(package: &str, name: &str, env_override: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env_override) {
+        return PathBuf::from(path);
+    }
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target_dir = ws.join("target/agent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&ws)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            package,
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo to build {name}: {e}"));
+    assert!(status.success(), "building {name} failed");
+    target_dir
+        .join("x86_64-unknown-linux-gnu/release")
+        .join(name)
+}
+
 /// A fresh, unique temporary directory removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);

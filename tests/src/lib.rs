@@ -11,6 +11,7 @@ pub mod guest;
 pub mod host;
 pub mod image;
 pub mod initramfs;
+pub mod lab;
 pub mod linux;
 pub mod netns;
 pub mod pod;

@@ -89,9 +89,23 @@ pub struct ApiResponse {
 impl ApiVmm {
     /// Starts `husk-vmm --api-sock` with its console in `dir`.
     pub fn start(dir: &TempDir) -> ApiVmm {
+        Self::start_in(dir, None)
+    }
+
+    /// Starts `husk-vmm --api-sock` with its console in `dir`, in network
+    /// namespace `netns` (by name) if one is given.
+    pub fn start_in(dir: &TempDir, netns: Option<&str>) -> ApiVmm {
         let sock = dir.join("api.sock");
         let console = dir.join("console.log");
-        let child = Command::new(bin("husk-vmm"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("husk-vmm"));
+                c
+            }
+            None => Command::new(bin("husk-vmm")),
+        };
+        let child = cmd
             .arg("--api-sock")
             .arg(&sock)
             .arg("--console-out")
@@ -182,4 +196,64 @@ pub fn api_request(sock: &Path, method: &str, path: &str, body: Option<&str>) ->
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     ApiResponse { status, body }
+}
+
+/// The upstream `virtiofsd` (installed by scripts/setup.sh).
+pub fn virtiofsd_binary() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([home.join(".cargo/bin")])
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+        .expect("virtiofsd (scripts/setup.sh installs it)")
+}
+
+/// virtiofsd sharing a directory on a vhost-user socket; killed on drop.
+#[derive(Debug)]
+pub struct Virtiofsd(Child);
+
+impl Virtiofsd {
+    /// Shares `shared` on `socket` with no caching (every access reaches
+    /// the host).
+    pub fn start(shared: &Path, socket: &Path) -> Virtiofsd {
+        Self::start_with(shared, socket, "never")
+    }
+
+    /// Shares `shared` on `socket` with cache mode `cache` (`never`,
+    /// `auto`, `always`).
+    pub fn start_with(shared: &Path, socket: &Path, cache: &str) -> Virtiofsd {
+        let child = Command::new(virtiofsd_binary())
+            .arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(shared)
+            .args([
+                "--cache",
+                cache,
+                "--rlimit-nofile",
+                "0",
+                "--sandbox",
+                "none",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start virtiofsd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "virtiofsd never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Virtiofsd(child)
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

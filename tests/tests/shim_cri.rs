@@ -301,7 +301,11 @@ fn a_pod_whose_vm_dies_ends_its_containers_and_cleans_up() {
     let line = env.task_line(&pod).expect("the sandbox task");
     let vmm: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap_or_default();
-    assert!(comm.starts_with("qemu-system"), "{line}: {comm}");
+    let vmm_name = match integration_tests::agent::backend() {
+        shim::hypervisor::Backend::HuskVmm => "husk-vmm",
+        shim::hypervisor::Backend::Qemu => "qemu-system",
+    };
+    assert!(comm.starts_with(vmm_name), "{line}: {comm}");
     // SAFETY: kill(2) with a PID just read; no memory is involved.
     assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
 

@@ -5,58 +5,14 @@
 //! virtiofsd from guest memory shared by memfd, completions back through
 //! the VMM's interrupt), and a missing name answered with ENOENT.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use integration_tests::guest::{self, field, fnv1a, parse_hex};
 use integration_tests::host::{self, TempDir};
-use integration_tests::vmm::run_config;
+use integration_tests::vmm::{Virtiofsd as Daemon, run_config};
 
 const T: Duration = Duration::from_secs(120);
-
-fn virtiofsd() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .chain([home.join(".cargo/bin")])
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| p.is_file())
-        .expect("virtiofsd (scripts/setup.sh installs it)")
-}
-
-/// virtiofsd sharing `shared` on `socket`; killed on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(shared: &Path, socket: &Path) -> Daemon {
-        let child = Command::new(virtiofsd())
-            .arg("--socket-path")
-            .arg(socket)
-            .arg("--shared-dir")
-            .arg(shared)
-            .args(["--cache", "never", "--rlimit-nofile", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start virtiofsd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "virtiofsd never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(test_args: &str, socket: &Path) -> String {
     serde_json::json!({

@@ -405,3 +405,55 @@ fn existing_socket_path_is_refused() {
     assert!(err.contains("already exists"), "{err}");
     assert!(sock.exists(), "someone else's file was removed");
 }
+
+/// The device registry outlives activation: after the start `GET /devices`
+/// lists every device by its configuration name with its transport state,
+/// the one the guest's driver set up as activated, the one it left alone
+/// as not.
+#[test]
+fn devices_are_listed_with_their_state_after_the_start() {
+    host::require_kvm();
+    let dir = TempDir::new("api-registry");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 * 1024]).unwrap();
+    let vm = ApiVmm::start(&dir);
+    let before = json(&vm.request("GET", "/devices", None).body);
+    assert_eq!(before, serde_json::json!({"devices": []}));
+    let source = serde_json::json!({"kernel_image_path": guest::virtio(), "boot_args": "console=ttyS0 test=flush"});
+    for (path, body) in [
+        ("/boot-source", source),
+        (
+            "/drives/scratch",
+            serde_json::json!({"drive_id": "scratch", "path_on_host": disk, "is_root_device": false}),
+        ),
+        ("/entropy", serde_json::json!({})),
+    ] {
+        let r = vm.request("PUT", path, Some(&body.to_string()));
+        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
+    }
+    let r = vm.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    // The guest halts (and stays) once the drive has flushed.
+    let out = vm.wait_console("FLUSHED", T);
+    assert!(out.contains("FLUSHED"), "{out}");
+    let listed = json(&vm.request("GET", "/devices", None).body);
+    let devices = listed["devices"].as_array().expect("devices").clone();
+    assert_eq!(devices.len(), 2, "{listed}");
+    let block = &devices[0];
+    assert_eq!(block["id"], "scratch", "{listed}");
+    assert_eq!(block["type"], "block", "{listed}");
+    assert_eq!(block["activated"], true, "{listed}");
+    // ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK.
+    assert_eq!(block["status"], 15, "{listed}");
+    assert_ne!(block["acked_features"], 0, "{listed}");
+    let rng = &devices[1];
+    assert_eq!(rng["id"], "entropy", "{listed}");
+    assert_eq!(rng["type"], "rng", "{listed}");
+    assert_eq!(rng["activated"], false, "{listed}");
+    assert_ne!(block["mmio_base"], rng["mmio_base"], "{listed}");
+    assert_ne!(block["irq"], rng["irq"], "{listed}");
+}

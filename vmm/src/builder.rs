@@ -1,7 +1,10 @@
-//! Turns a validated [`VmConfig`] into a live [`Vm`]. This is the one place
+//! Turns a validated [`VmConfig`] into a live [`Vm`] (privileged set-up:
+//! /dev/kvm, guest memory, host files, TAPs and sockets are opened here,
+//! before any guest code runs). This is the one place
 //! that knows the construction order (see docs/DESIGN.md, "Boot steps"):
 //!
-//! 1. open /dev/kvm, create the VM with its irqchip and PIT;
+//! 1. open /dev/kvm, create the VM with its irqchip and PIT, deny the
+//!    guest the PMU MSRs;
 //! 2. allocate guest RAM and register it with KVM;
 //! 3. load the kernel and initrd, write the command line and boot information;
 //! 4. write the MP table;
@@ -13,13 +16,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::{cpuid, mptable, regs};
-use crate::boot::{self, BootError, EntryPoint};
+use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
-use crate::device_manager::{DeviceManagerError, MmioDeviceManager, Subscriber};
+use crate::device_manager::{DeviceHandle, DeviceManagerError, MmioDeviceManager};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{self, I8042Device};
 use crate::devices::legacy::serial::{self, ConsoleOut, ConsoleSink, SerialDevice};
@@ -30,8 +33,8 @@ use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::{Bus, BusError};
 use crate::vstate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{ExitReason, ExitSignal, Vcpu, VcpuError, VcpuHandle};
-use crate::vstate::vm::{self, HostKvm, VmError};
+use crate::vstate::vcpu::{ExitSignal, Vcpu, VcpuError};
+use crate::vstate::vm::{self, HostKvm, Vm, VmError, VmRunState};
 
 /// Errors while building the VM. Each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,56 +95,6 @@ pub enum BuildError {
     EventFd(#[source] std::io::Error),
 }
 
-/// Live state of a running VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum VmRunState {
-    /// vCPUs run guest code.
-    Running,
-    /// vCPUs are paused.
-    Paused,
-    /// The guest has stopped.
-    Exited,
-}
-
-/// A built VM: the KVM objects, memory, devices and vCPU threads.
-pub struct Vm {
-    /// Host KVM flavour.
-    pub host: HostKvm,
-    /// Guest memory (kept alive for KVM's slots).
-    pub memory: GuestMemoryMmap,
-    /// COM1.
-    pub serial: Arc<Mutex<SerialDevice>>,
-    /// The keyboard controller.
-    pub i8042: Arc<Mutex<I8042Device>>,
-    /// Where the VM's end is reported.
-    pub exit: Arc<ExitSignal>,
-    /// Set when the guest printed a kernel panic.
-    pub panicked: Arc<AtomicBool>,
-    /// vCPU threads.
-    pub vcpus: Vec<VcpuHandle>,
-    /// Run state.
-    pub state: VmRunState,
-    /// Entry point used.
-    pub entry: EntryPoint,
-    /// virtio devices, to be served by the event loop.
-    pub devices: Vec<Subscriber>,
-    // Dropped last: the VM fd and /dev/kvm.
-    _vm_fd: Arc<VmFd>,
-    _kvm: Kvm,
-}
-
-impl std::fmt::Debug for Vm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm")
-            .field("host", &self.host)
-            .field("state", &self.state)
-            .field("entry", &self.entry)
-            .field("vcpus", &self.vcpus.len())
-            .field("devices", &self.devices.len())
-            .finish_non_exhaustive()
-    }
-}
-
 /// Joins the memory registration thread, also when the build fails early
 /// (guest memory must not be unmapped while KVM may still be using it).
 struct JoinGuard(Option<std::thread::JoinHandle<Result<(), MemoryError>>>);
@@ -197,24 +150,31 @@ fn attach_virtio_devices(
                 .map_err(|e| BootError::Cmdline(e.to_string()))?;
         }
     }
+    let mut add = |id: &str, device| manager.add(vm_fd, mem, bus, cmdline, id, device);
     for d in drives {
-        let block = Arc::new(Mutex::new(Block::new(d)?));
-        manager.add(vm_fd, mem, bus, cmdline, block)?;
+        let block = Block::new(d)?;
+        add(
+            &d.drive_id,
+            DeviceHandle::Block(Arc::new(Mutex::new(block))),
+        )?;
     }
     for n in &config.network_interfaces {
         let net = Net::new(&n.iface_id, &n.host_dev_name, n.guest_mac.as_deref())?;
-        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(net)))?;
+        add(&n.iface_id, DeviceHandle::Net(Arc::new(Mutex::new(net))))?;
     }
     if let Some(v) = &config.vsock {
         let vsock = Vsock::new(v.guest_cid, &v.uds_path)?;
-        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(vsock)))?;
+        add("vsock", DeviceHandle::Vsock(Arc::new(Mutex::new(vsock))))?;
     }
     if config.entropy.is_some() {
-        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(Rng::new()?)))?;
+        add(
+            "entropy",
+            DeviceHandle::Rng(Arc::new(Mutex::new(Rng::new()?))),
+        )?;
     }
     for f in &config.fs {
         let fs = Fs::new(&f.tag, &f.socket)?;
-        manager.add(vm_fd, mem, bus, cmdline, Arc::new(Mutex::new(fs)))?;
+        add(&f.tag, DeviceHandle::Fs(Arc::new(Mutex::new(fs))))?;
     }
     Ok(())
 }
@@ -260,6 +220,7 @@ pub fn build_microvm(
     // 1. KVM and the VM.
     let kvm = vm::open_kvm()?;
     let vm_fd = Arc::new(vm::create_vm(&kvm)?);
+    vm::hide_pmu_msrs(&kvm, &vm_fd)?;
 
     // 2. Guest memory.
     // vhost-user back ends map guest memory: it must be a shared memfd.
@@ -300,7 +261,7 @@ pub fn build_microvm(
     let panicked = Arc::new(AtomicBool::new(false));
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         EventFdTrigger(vm::irq_line(&vm_fd, serial::COM1_IRQ)?),
-        ConsoleOut::new(console, panicked.clone()),
+        ConsoleOut::new(console, panicked.clone(), exit.clone()),
     )));
     // The i8042 signals this eventfd; the VMM thread reports it as a reset.
     let reset = EventFdTrigger(
@@ -381,77 +342,9 @@ pub fn build_microvm(
         vcpus: handles,
         state: VmRunState::Paused,
         entry,
-        devices: device_manager.subscribers,
-        _vm_fd: vm_fd,
+        devices: device_manager,
+        vm_fd,
         _kvm: kvm,
     };
     Ok((vm, reset_evt))
-}
-
-impl Vm {
-    /// Resumes every vCPU.
-    pub fn resume(&mut self) -> Result<(), VcpuError> {
-        use crate::vstate::vcpu::{VcpuEvent, VcpuResponse};
-        for v in &self.vcpus {
-            v.send(VcpuEvent::Resume)?;
-        }
-        for v in &self.vcpus {
-            match v.response()? {
-                VcpuResponse::Resumed | VcpuResponse::Exited => {}
-                got => {
-                    return Err(VcpuError::Unexpected {
-                        id: 0,
-                        sent: VcpuEvent::Resume,
-                        got,
-                    });
-                }
-            }
-        }
-        self.state = VmRunState::Running;
-        Ok(())
-    }
-
-    /// Pauses every vCPU.
-    pub fn pause(&mut self) -> Result<(), VcpuError> {
-        use crate::vstate::vcpu::{VcpuEvent, VcpuResponse};
-        for v in &self.vcpus {
-            v.send(VcpuEvent::Pause)?;
-        }
-        for v in &self.vcpus {
-            match v.response()? {
-                VcpuResponse::Paused | VcpuResponse::Exited => {}
-                got => {
-                    return Err(VcpuError::Unexpected {
-                        id: 0,
-                        sent: VcpuEvent::Pause,
-                        got,
-                    });
-                }
-            }
-        }
-        self.state = VmRunState::Paused;
-        Ok(())
-    }
-
-    /// Ends every vCPU thread.
-    pub fn shut_down(&mut self) {
-        for v in &mut self.vcpus {
-            v.finish();
-        }
-        self.state = VmRunState::Exited;
-    }
-
-    /// The final exit reason, mapping a reset after a printed panic to a panic.
-    pub fn exit_reason(&self) -> Option<ExitReason> {
-        let reason = self.exit.reason()?;
-        if reason.is_clean() && self.panicked.load(std::sync::atomic::Ordering::SeqCst) {
-            return Some(ExitReason::GuestPanic);
-        }
-        Some(reason)
-    }
-
-    /// The entry point address.
-    pub fn entry_addr(&self) -> GuestAddress {
-        self.entry.addr
-    }
 }

@@ -4,8 +4,11 @@
 //! event loop: API actions, exit events, console input), one thread per
 //! vCPU ([`vstate::vcpu`]) and an optional API thread ([`api::server`]).
 //! Configuration data ([`config`]) is kept apart from live objects
-//! ([`builder::Vm`]); [`builder`] is the one place that turns one into the
-//! other.
+//! ([`vstate::vm::Vm`]); [`builder`] is the one place that turns one into
+//! the other. Starting a VM has two phases: [`Vmm::build`] does everything
+//! privileged (KVM, memory, host files, TAPs, sockets) with no guest code
+//! running; [`Vmm::run_vcpus`] then lets the guest run. Whatever confines
+//! the VMM's threads goes between the two.
 
 pub mod api;
 pub mod arch;
@@ -28,9 +31,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use api::{ActionError, ActionResult, ApiRequest, VmmAction, VmmData};
-use builder::{BuildError, Vm, VmRunState};
+use builder::BuildError;
 use config::VmConfig;
 use vstate::vcpu::{ExitReason, ExitSignal};
+use vstate::vm::{Vm, VmRunState};
 
 /// Exit code: the guest reset or powered off.
 pub const EXIT_OK: i32 = 0;
@@ -62,6 +66,9 @@ pub enum VmmError {
     /// A vCPU did not follow a state change.
     #[error(transparent)]
     Vcpu(#[from] vstate::vcpu::VcpuError),
+    /// The vCPUs were asked to run before the VM was built.
+    #[error("the microVM has not been built")]
+    NotBuilt,
 }
 
 use device_manager::Subscriber;
@@ -201,9 +208,18 @@ impl Vmm {
 
     /// Builds and starts the VM from the current configuration.
     pub fn start(&mut self) -> Result<(), VmmError> {
-        let (mut vm, reset_evt) = builder::build_microvm(&self.config, self.console.clone())?;
-        for device in vm.devices.drain(..) {
-            self.event_manager.add_subscriber(device);
+        self.build()?;
+        self.run_vcpus()
+    }
+
+    /// Builds the VM from the current configuration, its vCPUs paused,
+    /// and has the event loop serve its devices (which stay in the VM's
+    /// device registry).
+    pub fn build(&mut self) -> Result<(), VmmError> {
+        let (vm, reset_evt) = builder::build_microvm(&self.config, self.console.clone())?;
+        for device in vm.devices.devices() {
+            self.event_manager
+                .add_subscriber(device.handle.subscriber());
         }
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ExitWatcher {
@@ -216,9 +232,21 @@ impl Vmm {
                     serial: vm.serial.clone(),
                 })));
         }
-        vm.resume()?;
         self.vm = Some(vm);
         Ok(())
+    }
+
+    /// Lets the built VM's vCPUs run guest code.
+    pub fn run_vcpus(&mut self) -> Result<(), VmmError> {
+        match &mut self.vm {
+            Some(vm) => Ok(vm.resume()?),
+            None => Err(VmmError::NotBuilt),
+        }
+    }
+
+    /// The built VM, if any.
+    pub fn vm(&self) -> Option<&Vm> {
+        self.vm.as_ref()
     }
 
     fn state_name(&self) -> &'static str {
@@ -274,6 +302,12 @@ impl Vmm {
                 serde_json::to_value(&self.config.machine_config)
                     .map_err(|e| ActionError::bad_request(e.to_string()))?,
             )),
+            VmmAction::GetDevices => {
+                let devices = self.vm.as_ref().map(|vm| vm.devices.info());
+                Ok(VmmData::Json(serde_json::json!({
+                    "devices": devices.unwrap_or_default(),
+                })))
+            }
             VmmAction::GetVmConfig => Ok(VmmData::Json(
                 serde_json::to_value(&self.config)
                     .map_err(|e| ActionError::bad_request(e.to_string()))?,

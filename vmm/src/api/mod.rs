@@ -25,6 +25,10 @@ pub enum VmmAction {
     GetMachineConfig,
     /// `GET /vm/config`
     GetVmConfig,
+    /// `GET /devices` (husk's addition): the VM's virtio devices as the
+    /// registry holds them, with their transport state (empty before the
+    /// start).
+    GetDevices,
     /// `PUT /machine-config`
     PutMachineConfig(MachineConfig),
     /// `PUT /boot-source`

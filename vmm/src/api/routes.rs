@@ -53,6 +53,7 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ActionE
         ("GET", "") => Ok(VmmAction::GetInstanceInfo),
         ("GET", "/machine-config") => Ok(VmmAction::GetMachineConfig),
         ("GET", "/vm/config") => Ok(VmmAction::GetVmConfig),
+        ("GET", "/devices") => Ok(VmmAction::GetDevices),
         ("PUT", "/machine-config") => Ok(VmmAction::PutMachineConfig(json::<MachineConfig>(
             "machine-config",
             body,

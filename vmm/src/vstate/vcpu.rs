@@ -429,6 +429,11 @@ pub struct VcpuHandle {
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl VcpuHandle {
+    /// The vCPU's index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
     /// Sends `event` and kicks the thread out of KVM_RUN.
     pub fn send(&self, event: VcpuEvent) -> Result<(), VcpuError> {
         self.events

@@ -1,5 +1,6 @@
 //! The 8250 UART on COM1 (vm-superio), writing the guest console to stdout
-//! or a file, taking input from the host, and noticing a guest kernel panic.
+//! or a file, taking input from the host, and noticing a guest kernel panic
+//! or halt.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use vm_superio::Serial;
 
 use super::EventFdTrigger;
 use crate::devices::BusDevice;
+use crate::vstate::vcpu::{ExitReason, ExitSignal};
 
 /// I/O port base of COM1.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -19,17 +21,22 @@ pub const COM1_IRQ: u32 = 4;
 
 /// The line Linux prints when it panics.
 const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+/// The lines Linux prints as its last before it stops every CPU for good:
+/// `halt`, and `poweroff` on a machine it cannot switch off (husk's have no
+/// ACPI). The VM is over then; husk-vmm ends as for a power-off.
+const HALT_MARKERS: [&[u8]; 2] = [b"reboot: System halted", b"reboot: Power down"];
 /// Longest line kept for the panic check; longer lines are cut.
 const LINE_CAP: usize = 256;
 
 /// Where the console goes; shared so that it survives a failed start.
 pub type ConsoleSink = Arc<std::sync::Mutex<Box<dyn Write + Send>>>;
 
-/// Console output sink that also watches for the panic marker.
+/// Console output sink that also watches for the panic and halt markers.
 pub struct ConsoleOut {
     out: ConsoleSink,
     line: Vec<u8>,
     panicked: Arc<AtomicBool>,
+    exit: Arc<ExitSignal>,
 }
 
 impl std::fmt::Debug for ConsoleOut {
@@ -39,23 +46,28 @@ impl std::fmt::Debug for ConsoleOut {
 }
 
 impl ConsoleOut {
-    /// Wraps `out`; `panicked` is set when the guest prints a kernel panic.
-    pub fn new(out: ConsoleSink, panicked: Arc<AtomicBool>) -> Self {
+    /// Wraps `out`; `panicked` is set when the guest prints a kernel panic,
+    /// and a power-off is reported to `exit` when it prints that it halted.
+    pub fn new(out: ConsoleSink, panicked: Arc<AtomicBool>, exit: Arc<ExitSignal>) -> Self {
         ConsoleOut {
             out,
             line: Vec::with_capacity(LINE_CAP),
             panicked,
+            exit,
         }
+    }
+
+    fn holds(&self, marker: &[u8]) -> bool {
+        self.line.windows(marker.len()).any(|w| w == marker)
     }
 
     fn watch(&mut self, byte: u8) {
         if byte == b'\n' {
-            if self
-                .line
-                .windows(PANIC_MARKER.len())
-                .any(|w| w == PANIC_MARKER)
-            {
+            if self.holds(PANIC_MARKER) {
                 self.panicked.store(true, Ordering::SeqCst);
+            }
+            if HALT_MARKERS.iter().any(|m| self.holds(m)) {
+                self.exit.report(ExitReason::PowerOff);
             }
             self.line.clear();
         } else if self.line.len() < LINE_CAP {
@@ -152,12 +164,35 @@ mod tests {
         }
     }
 
-    fn device() -> (SerialDevice, Sink, Arc<AtomicBool>) {
+    fn device_with_exit() -> (SerialDevice, Sink, Arc<AtomicBool>, Arc<ExitSignal>) {
         let sink = Sink::default();
         let flag = Arc::new(AtomicBool::new(false));
-        let out = ConsoleOut::new(Arc::new(Mutex::new(Box::new(sink.clone()))), flag.clone());
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let out = ConsoleOut::new(
+            Arc::new(Mutex::new(Box::new(sink.clone()))),
+            flag.clone(),
+            exit.clone(),
+        );
         let irq = EventFdTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        (SerialDevice::new(irq, out), sink, flag)
+        (SerialDevice::new(irq, out), sink, flag, exit)
+    }
+
+    fn device() -> (SerialDevice, Sink, Arc<AtomicBool>) {
+        let (dev, sink, flag, _) = device_with_exit();
+        (dev, sink, flag)
+    }
+
+    #[test]
+    fn a_halt_ends_the_vm_as_a_power_off() {
+        let (mut dev, _sink, _flag, exit) = device_with_exit();
+        for b in b"[ 2.0] reboot: Restarting system\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(exit.reason(), None);
+        for b in b"[ 2.5] reboot: System halted\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
     }
 
     #[test]

@@ -104,6 +104,16 @@ impl MmioTransport {
         self.status
     }
 
+    /// Whether the device runs with the driver's queues.
+    pub fn activated(&self) -> bool {
+        self.activated
+    }
+
+    /// Features the driver accepted.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }

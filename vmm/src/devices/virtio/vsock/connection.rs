@@ -19,7 +19,9 @@ pub enum ConnState {
     AwaitingResponse,
     /// Data flows.
     Established,
-    /// The host peer closed; the guest was told with SHUTDOWN.
+    /// The host peer will send no more (it shut down its writing side or
+    /// closed); the guest was told with SHUTDOWN(SEND). Guest data still
+    /// flows to the host until the guest is done too.
     HostClosed,
 }
 
@@ -55,6 +57,8 @@ pub struct Connection {
     /// The guest will send no more data: shut the host write side down once
     /// `to_host` is written.
     pub guest_done_sending: bool,
+    /// The guest will receive no more data.
+    pub guest_done_receiving: bool,
     /// Interest registered with epoll.
     pub interest: EventSet,
 }
@@ -77,6 +81,7 @@ impl Connection {
             readable: false,
             prefix: Vec::new(),
             guest_done_sending: false,
+            guest_done_receiving: false,
             interest: EventSet::IN,
         }
     }
@@ -125,6 +130,14 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether the connection is over for the guest: it sends no more, and
+    /// it receives no more or the host sends no more. What is left of the
+    /// guest's data may still be on its way to the host.
+    pub fn finished_for_guest(&self) -> bool {
+        self.guest_done_sending
+            && (self.guest_done_receiving || self.state == ConnState::HostClosed)
+    }
+
     /// Whether the guest should be told that buffer space was freed: when
     /// its view of our free space fell below half.
     pub fn wants_credit_update(&self) -> bool {
@@ -146,7 +159,11 @@ impl Connection {
     /// The epoll interest this connection needs now.
     pub fn desired_interest(&self, rx_starved: bool) -> EventSet {
         let mut set = EventSet::empty();
-        if self.state == ConnState::Established && self.peer_credit() > 0 && !rx_starved {
+        if self.state == ConnState::Established
+            && self.peer_credit() > 0
+            && !rx_starved
+            && !self.guest_done_receiving
+        {
             set |= EventSet::IN;
         }
         if !self.to_host.is_empty() {

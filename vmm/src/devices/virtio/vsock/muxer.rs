@@ -44,6 +44,9 @@ pub struct Muxer {
     listener: UnixListener,
     conns: BTreeMap<Key, Connection>,
     by_fd: HashMap<RawFd, Key>,
+    /// Connections the guest is done with whose last guest data is still
+    /// being written to the host peer.
+    draining: HashMap<RawFd, Connection>,
     handshakes: HashMap<RawFd, Handshake>,
     control: VecDeque<PacketHeader>,
     next_local_port: u32,
@@ -71,6 +74,7 @@ impl Muxer {
             listener,
             conns: BTreeMap::new(),
             by_fd: HashMap::new(),
+            draining: HashMap::new(),
             handshakes: HashMap::new(),
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
@@ -112,6 +116,45 @@ impl Muxer {
         self.remove(key, ops);
     }
 
+    /// Ends a connection the guest is done with: the guest gets its RST at
+    /// once; the host peer gets the guest's last data, then EOF.
+    fn finish(&mut self, key: Key, ops: &mut EventOps) {
+        self.queue_control(key, op::RST, 0);
+        let Some(mut c) = self.conns.remove(&key) else {
+            return;
+        };
+        let fd = c.stream.as_raw_fd();
+        self.by_fd.remove(&fd);
+        if c.flush_to_host().is_ok() && !c.to_host.is_empty() {
+            let want = EventSet::OUT;
+            if ops.modify(Events::with_data_raw(fd, STREAM, want)).is_ok() {
+                c.interest = want;
+                self.draining.insert(fd, c);
+                return;
+            }
+        }
+        let _ = ops.remove(Events::with_data_raw(fd, STREAM, c.interest));
+    }
+
+    /// Writes more of a finished connection's last data; drops it when all
+    /// is written or the host peer is gone.
+    fn drain(&mut self, fd: RawFd, ops: &mut EventOps) {
+        let Some(c) = self.draining.get_mut(&fd) else {
+            return;
+        };
+        if c.flush_to_host().is_ok() && !c.to_host.is_empty() {
+            return;
+        }
+        if let Some(c) = self.draining.remove(&fd) {
+            let _ = ops.remove(Events::with_data_raw(fd, STREAM, c.interest));
+        }
+    }
+
+    /// Connections that count against [`MAX_CONNECTIONS`].
+    fn open_connections(&self) -> usize {
+        self.conns.len() + self.handshakes.len() + self.draining.len()
+    }
+
     fn add_conn(&mut self, conn: Connection, ops: &mut EventOps) {
         let key = (conn.local_port, conn.peer_port);
         let fd = conn.stream.as_raw_fd();
@@ -150,7 +193,7 @@ impl Muxer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
+                    if self.open_connections() >= MAX_CONNECTIONS {
                         if self.warn.allow() {
                             log::warn!("vsock: connection limit reached; refusing a host client");
                         }
@@ -254,6 +297,7 @@ impl Muxer {
     /// Readiness of a connection's host socket.
     pub fn stream_event(&mut self, fd: RawFd, set: EventSet, ops: &mut EventOps) {
         let Some(&key) = self.by_fd.get(&fd) else {
+            self.drain(fd, ops);
             return;
         };
         let Some(c) = self.conns.get_mut(&key) else {
@@ -338,19 +382,17 @@ impl Muxer {
             op::CREDIT_UPDATE => {}
             op::CREDIT_REQUEST => self.queue_control(key, op::CREDIT_UPDATE, 0),
             op::SHUTDOWN => {
-                let both = SHUTDOWN_RCV | SHUTDOWN_SEND;
-                if h.flags & both == both || c.state == ConnState::HostClosed {
-                    // Both directions closed: write what is left, then reset.
-                    let _ = c.flush_to_host();
-                    self.reset(key, ops);
-                    return;
-                }
+                c.guest_done_receiving |= h.flags & SHUTDOWN_RCV != 0;
                 if h.flags & SHUTDOWN_SEND != 0 {
                     c.guest_done_sending = true;
                     if c.flush_to_host().is_err() {
                         self.reset(key, ops);
                         return;
                     }
+                }
+                if c.finished_for_guest() {
+                    self.finish(key, ops);
+                    return;
                 }
             }
             op::RST => {
@@ -364,7 +406,7 @@ impl Muxer {
 
     fn guest_connect(&mut self, h: &PacketHeader, ops: &mut EventOps) {
         let key = (h.dst_port, h.src_port);
-        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNECTIONS {
+        if self.conns.contains_key(&key) || self.open_connections() >= MAX_CONNECTIONS {
             self.reset(key, ops);
             return;
         }
@@ -388,10 +430,12 @@ impl Muxer {
     /// Whether a packet is waiting for the guest.
     pub fn has_pending(&self) -> bool {
         !self.control.is_empty()
-            || self
-                .conns
-                .values()
-                .any(|c| c.state == ConnState::Established && c.readable && c.peer_credit() > 0)
+            || self.conns.values().any(|c| {
+                c.state == ConnState::Established
+                    && c.readable
+                    && !c.guest_done_receiving
+                    && c.peer_credit() > 0
+            })
     }
 
     /// The next packet for the guest, with at most `max_payload` bytes of
@@ -420,7 +464,7 @@ impl Muxer {
             let Some(c) = self.conns.get_mut(&key) else {
                 continue;
             };
-            if c.state != ConnState::Established || !c.readable {
+            if c.state != ConnState::Established || !c.readable || c.guest_done_receiving {
                 continue;
             }
             let credit = c.peer_credit() as usize;
@@ -433,13 +477,20 @@ impl Muxer {
             }
             match c.read_for_guest(&mut buf[..n]) {
                 Ok(0) => {
-                    // The host peer closed: tell the guest.
+                    // The host peer sends no more (half-close or close):
+                    // the guest reads EOF and may still send. A host peer
+                    // that closed altogether shows when a write fails.
                     c.state = ConnState::HostClosed;
                     c.readable = false;
-                    let mut h = header(self.guest_cid, key.0, key.1, op::SHUTDOWN, c.fwd_cnt);
-                    h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                     self.last_served = Some(key);
-                    self.refresh(key, ops);
+                    let mut h = header(self.guest_cid, key.0, key.1, op::SHUTDOWN, c.fwd_cnt);
+                    h.flags = SHUTDOWN_SEND;
+                    if c.finished_for_guest() {
+                        // The RST follows the SHUTDOWN.
+                        self.finish(key, ops);
+                    } else {
+                        self.refresh(key, ops);
+                    }
                     return Some((h, 0));
                 }
                 Ok(read) => {
@@ -470,6 +521,9 @@ impl Muxer {
         let keys: Vec<Key> = self.conns.keys().copied().collect();
         for k in keys {
             self.remove(k, ops);
+        }
+        for (fd, c) in self.draining.drain() {
+            let _ = ops.remove(Events::with_data_raw(fd, STREAM, c.interest));
         }
         let fds: Vec<RawFd> = self.handshakes.keys().copied().collect();
         for fd in fds {
