@@ -183,7 +183,13 @@ fn bad_requests_get_400_and_change_nothing() {
             "PUT",
             "/actions",
             Some(r#"{"action_type":"FlushMetrics"}"#),
-            "not implemented",
+            "no metrics file is set",
+        ),
+        (
+            "PUT",
+            "/metrics",
+            Some(r#"{"metrics_path":"/nonexistent/dir/m.json"}"#),
+            "/nonexistent/dir/m.json",
         ),
     ];
     for (method, path, body, needle) in cases {
@@ -456,4 +462,47 @@ fn devices_are_listed_with_their_state_after_the_start() {
     assert_eq!(rng["activated"], false, "{listed}");
     assert_ne!(block["mmio_base"], rng["mmio_base"], "{listed}");
     assert_ne!(block["irq"], rng["irq"], "{listed}");
+}
+
+/// The metrics: vCPU exits by reason, read over the API while the guest
+/// runs, and written to the metrics file on FlushMetrics and at the end.
+#[test]
+fn metrics_count_the_guests_exits() {
+    host::require_kvm();
+    let dir = TempDir::new("api-metrics");
+    let vm = ApiVmm::start(&dir);
+    let file = dir.join("metrics.json");
+    let r = vm.request(
+        "PUT",
+        "/metrics",
+        Some(&serde_json::json!({"metrics_path": file}).to_string()),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vm.request("PUT", "/boot-source", Some(&boot_source("action=ticks")))
+            .status,
+        204
+    );
+    let r = vm.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.wait_console("tick 3", T);
+    let m = json(&vm.request("GET", "/metrics", None).body);
+    // The test guest prints through COM1: one exit per port access.
+    let serial = m["vcpu_exits"]["io_serial"].as_u64().unwrap();
+    assert!(serial > 20, "{m}");
+    let r = vm.request("PUT", "/actions", Some(r#"{"action_type":"FlushMetrics"}"#));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let lines = std::fs::read_to_string(&file).unwrap();
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert!(
+        first["vcpu_exits"]["io_serial"].as_u64().unwrap() >= serial,
+        "{first}"
+    );
+    // Counts only go up.
+    let later = json(&vm.request("GET", "/metrics", None).body);
+    assert!(later["vcpu_exits"]["io_serial"].as_u64().unwrap() >= serial);
 }

@@ -32,9 +32,11 @@ use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::{Bus, BusError};
+use crate::vstate::exit::ExitSignal;
 use crate::vstate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{ExitSignal, Vcpu, VcpuError};
-use crate::vstate::vm::{self, HostKvm, Vm, VmError, VmRunState};
+use crate::vstate::microvm::{Vm, VmRunState};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{self, HostKvm, VmError};
 
 /// Errors while building the VM. Each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,10 +206,7 @@ fn set_lapic_lint(vcpu: &kvm_ioctls::VcpuFd) -> Result<(), BuildError> {
 
 /// Builds the VM described by `config`, writing its console to `console`.
 /// On return the vCPU threads exist and are paused.
-pub fn build_microvm(
-    config: &VmConfig,
-    console: ConsoleSink,
-) -> Result<(Vm, vmm_sys_util::eventfd::EventFd), BuildError> {
+pub fn build_microvm(config: &VmConfig, console: ConsoleSink) -> Result<Vm, BuildError> {
     config.validate(crate::config::host_mem_mib())?;
     let boot_source = config
         .boot_source
@@ -263,13 +262,9 @@ pub fn build_microvm(
         EventFdTrigger(vm::irq_line(&vm_fd, serial::COM1_IRQ)?),
         ConsoleOut::new(console, panicked.clone(), exit.clone()),
     )));
-    // The i8042 signals this eventfd; the VMM thread reports it as a reset.
-    let reset = EventFdTrigger(
-        vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?,
-    );
-    let reset_evt = reset.0.try_clone().map_err(BuildError::EventFd)?;
+    // The i8042 reports a CPU reset to the exit signal itself.
     let i8042 = Arc::new(Mutex::new(I8042Device::new(
-        reset,
+        exit.clone(),
         EventFdTrigger(vm::irq_line(&vm_fd, i8042::KBD_IRQ)?),
     )));
     let mut pio = Bus::new();
@@ -346,5 +341,5 @@ pub fn build_microvm(
         vm_fd,
         _kvm: kvm,
     };
-    Ok((vm, reset_evt))
+    Ok(vm)
 }

@@ -4,7 +4,7 @@
 //! event loop: API actions, exit events, console input), one thread per
 //! vCPU ([`vstate::vcpu`]) and an optional API thread ([`api::server`]).
 //! Configuration data ([`config`]) is kept apart from live objects
-//! ([`vstate::vm::Vm`]); [`builder`] is the one place that turns one into
+//! ([`vstate::microvm::Vm`]); [`builder`] is the one place that turns one into
 //! the other. Starting a VM has two phases: [`Vmm::build`] does everything
 //! privileged (KVM, memory, host files, TAPs, sockets) with no guest code
 //! running; [`Vmm::run_vcpus`] then lets the guest run. Whatever confines
@@ -18,6 +18,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod logger;
+pub mod metrics;
 pub mod uds;
 pub mod vstate;
 
@@ -33,8 +34,8 @@ use vmm_sys_util::eventfd::EventFd;
 use api::{ActionError, ActionResult, ApiRequest, VmmAction, VmmData};
 use builder::BuildError;
 use config::VmConfig;
-use vstate::vcpu::{ExitReason, ExitSignal};
-use vstate::vm::{Vm, VmRunState};
+use vstate::exit::{ExitReason, ExitSignal};
+use vstate::microvm::{Vm, VmRunState};
 
 /// Exit code: the guest reset or powered off.
 pub const EXIT_OK: i32 = 0;
@@ -88,39 +89,19 @@ impl MutEventSubscriber for Waker {
     }
 }
 
-/// Watches the i8042 reset line and the vCPU exit signal.
+/// Wakes the VMM thread when the VM ends (a vCPU, the i8042 or the
+/// console reported why on the exit signal).
 struct ExitWatcher {
-    reset: EventFd,
     exit: Arc<ExitSignal>,
 }
 
-const RESET_TOKEN: u32 = 1;
-const EXIT_TOKEN: u32 = 2;
-
 impl MutEventSubscriber for ExitWatcher {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        match events.data() {
-            RESET_TOKEN => {
-                let _ = self.reset.read();
-                self.exit.report(ExitReason::Reset);
-            }
-            _ => {
-                let _ = self.exit.eventfd().read();
-            }
-        }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.exit.eventfd().read();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let added = ops
-            .add(Events::with_data(&self.reset, RESET_TOKEN, EventSet::IN))
-            .and_then(|_| {
-                ops.add(Events::with_data(
-                    self.exit.eventfd(),
-                    EXIT_TOKEN,
-                    EventSet::IN,
-                ))
-            });
-        if let Err(e) = added {
+        if let Err(e) = ops.add(Events::new(self.exit.eventfd(), EventSet::IN)) {
             log::error!("cannot watch exit events: {e:?}");
         }
     }
@@ -216,14 +197,13 @@ impl Vmm {
     /// and has the event loop serve its devices (which stay in the VM's
     /// device registry).
     pub fn build(&mut self) -> Result<(), VmmError> {
-        let (vm, reset_evt) = builder::build_microvm(&self.config, self.console.clone())?;
+        let vm = builder::build_microvm(&self.config, self.console.clone())?;
         for device in vm.devices.devices() {
             self.event_manager
                 .add_subscriber(device.handle.subscriber());
         }
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ExitWatcher {
-                reset: reset_evt,
                 exit: vm.exit.clone(),
             })));
         if self.console_input {
@@ -302,6 +282,23 @@ impl Vmm {
                 serde_json::to_value(&self.config.machine_config)
                     .map_err(|e| ActionError::bad_request(e.to_string()))?,
             )),
+            VmmAction::GetMetrics => Ok(VmmData::Json(metrics::snapshot())),
+            VmmAction::PutMetrics(path) => {
+                metrics::set_path(&path).map_err(|e| {
+                    ActionError::bad_request(format!("metrics: {}: {e}", path.display()))
+                })?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::FlushMetrics => {
+                if !metrics::has_path() {
+                    return Err(ActionError::bad_request(
+                        "FlushMetrics: no metrics file is set (PUT /metrics or --metrics-path)",
+                    ));
+                }
+                metrics::flush()
+                    .map_err(|e| ActionError::bad_request(format!("FlushMetrics: {e}")))?;
+                Ok(VmmData::Empty)
+            }
             VmmAction::GetDevices => {
                 let devices = self.vm.as_ref().map(|vm| vm.devices.info());
                 Ok(VmmData::Json(serde_json::json!({
@@ -387,6 +384,9 @@ impl Vmm {
                 if let Some(reason) = vm.exit_reason() {
                     vm.shut_down();
                     devices::bus::lock(&vm.serial).flush_output();
+                    if let Err(e) = metrics::flush() {
+                        log::warn!("cannot write the metrics: {e}");
+                    }
                     return Ok(reason);
                 }
             }

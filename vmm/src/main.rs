@@ -33,6 +33,10 @@ struct Args {
     /// Forward stdin to the guest console.
     #[arg(long)]
     console_in: bool,
+    /// Append the metrics (vCPU exits by reason) to this file as one JSON
+    /// line when the VM ends and on `FlushMetrics`.
+    #[arg(long, value_name = "PATH")]
+    metrics_path: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or HUSK_VMM_LOG).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -54,6 +58,15 @@ fn main() -> ExitCode {
         return fail(EXIT_BAD_CONFIG, format!("invalid log level {level_name:?}"));
     };
     logger::init(level);
+
+    if let Some(path) = &args.metrics_path {
+        if let Err(e) = vmm::metrics::set_path(path) {
+            return fail(
+                EXIT_BAD_CONFIG,
+                format!("cannot open metrics file {}: {e}", path.display()),
+            );
+        }
+    }
 
     if args.api_sock.is_none() && !args.no_api {
         return fail(

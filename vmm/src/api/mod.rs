@@ -25,6 +25,13 @@ pub enum VmmAction {
     GetMachineConfig,
     /// `GET /vm/config`
     GetVmConfig,
+    /// `GET /metrics` (husk's addition): the counters now.
+    GetMetrics,
+    /// `PUT /metrics`: where `FlushMetrics` and the end of the VM write
+    /// the counters (one JSON line each).
+    PutMetrics(std::path::PathBuf),
+    /// `PUT /actions` `FlushMetrics`.
+    FlushMetrics,
     /// `GET /devices` (husk's addition): the VM's virtio devices as the
     /// registry holds them, with their transport state (empty before the
     /// start).

@@ -16,6 +16,12 @@ struct ActionBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct MetricsBody {
+    metrics_path: std::path::PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VmStateBody {
     state: String,
 }
@@ -54,6 +60,11 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ActionE
         ("GET", "/machine-config") => Ok(VmmAction::GetMachineConfig),
         ("GET", "/vm/config") => Ok(VmmAction::GetVmConfig),
         ("GET", "/devices") => Ok(VmmAction::GetDevices),
+        ("GET", "/metrics") => Ok(VmmAction::GetMetrics),
+        ("PUT", "/metrics") => {
+            let m: MetricsBody = json("metrics", body)?;
+            Ok(VmmAction::PutMetrics(m.metrics_path))
+        }
         ("PUT", "/machine-config") => Ok(VmmAction::PutMachineConfig(json::<MachineConfig>(
             "machine-config",
             body,
@@ -67,9 +78,7 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ActionE
             match a.action_type.as_str() {
                 "InstanceStart" => Ok(VmmAction::InstanceStart),
                 "SendCtrlAltDel" => Ok(VmmAction::SendCtrlAltDel),
-                "FlushMetrics" => Err(ActionError::bad_request(
-                    "not implemented: FlushMetrics (no metrics are configured)",
-                )),
+                "FlushMetrics" => Ok(VmmAction::FlushMetrics),
                 other => Err(ActionError::bad_request(format!(
                     "actions: unknown action_type {other:?}"
                 ))),
@@ -121,7 +130,7 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ActionE
         }
         (
             "PUT" | "PATCH",
-            "/logger" | "/metrics" | "/mmds" | "/balloon" | "/snapshot/create" | "/snapshot/load"
+            "/logger" | "/mmds" | "/balloon" | "/snapshot/create" | "/snapshot/load"
             | "/cpu-config",
         ) => Err(ActionError::bad_request(format!(
             "not implemented: {method} {path}"

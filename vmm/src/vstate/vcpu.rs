@@ -5,164 +5,21 @@
 //! buses); anything that ends the VM is reported through an [`ExitSignal`].
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
+pub use super::exit::{ExitReason, ExitSignal};
 use crate::devices::Bus;
 use crate::logger::RateLimiter;
 
 /// Offset from SIGRTMIN of the signal that kicks vCPUs.
 const VCPU_KICK_SIGNAL_OFFSET: i32 = 0;
-
-/// Why the VM stopped.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
-pub enum ExitReason {
-    /// The guest reset the machine (i8042 reset or a KVM reset event).
-    Reset,
-    /// The guest powered the machine off.
-    PowerOff,
-    /// The guest kernel printed a panic and then reset.
-    GuestPanic,
-    /// A vCPU triple-faulted.
-    TripleFault {
-        /// vCPU index.
-        vcpu: u8,
-    },
-    /// KVM could not emulate a guest instruction.
-    InternalError {
-        /// vCPU index.
-        vcpu: u8,
-        /// KVM's suberror code.
-        suberror: u32,
-        /// Whether the host KVM is PVM.
-        pvm: bool,
-    },
-    /// KVM failed to enter the guest.
-    FailEntry {
-        /// vCPU index.
-        vcpu: u8,
-        /// Hardware reason.
-        hardware_reason: u64,
-    },
-    /// The guest reported a crash through a KVM system event.
-    Crash {
-        /// vCPU index.
-        vcpu: u8,
-    },
-    /// A KVM_RUN error.
-    RunError {
-        /// vCPU index.
-        vcpu: u8,
-        /// The error.
-        error: String,
-    },
-}
-
-impl ExitReason {
-    /// Process exit code for this reason.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ExitReason::Reset | ExitReason::PowerOff => crate::EXIT_OK,
-            ExitReason::GuestPanic => crate::EXIT_GUEST_PANIC,
-            ExitReason::TripleFault { .. } => crate::EXIT_TRIPLE_FAULT,
-            ExitReason::InternalError { .. } => crate::EXIT_INTERNAL_ERROR,
-            ExitReason::FailEntry { .. } | ExitReason::Crash { .. } => crate::EXIT_GUEST_CRASH,
-            ExitReason::RunError { .. } => crate::EXIT_VMM_ERROR,
-        }
-    }
-
-    /// Whether this is an orderly end of the guest.
-    pub fn is_clean(&self) -> bool {
-        self.exit_code() == crate::EXIT_OK
-    }
-}
-
-impl std::fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitReason::Reset => write!(f, "guest reset the machine"),
-            ExitReason::PowerOff => write!(f, "guest powered off"),
-            ExitReason::GuestPanic => write!(f, "guest kernel panicked"),
-            ExitReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
-            ExitReason::InternalError {
-                vcpu,
-                suberror,
-                pvm,
-            } => {
-                write!(
-                    f,
-                    "vCPU {vcpu}: KVM internal error (suberror {suberror}): \
-                     a guest instruction could not be emulated"
-                )?;
-                if *pvm {
-                    write!(
-                        f,
-                        "; this host's KVM is PVM, which runs only PVM-enlightened \
-                         guest kernels natively and emulates everything else"
-                    )?;
-                }
-                Ok(())
-            }
-            ExitReason::FailEntry {
-                vcpu,
-                hardware_reason,
-            } => write!(
-                f,
-                "vCPU {vcpu}: KVM failed to enter the guest (hardware reason {hardware_reason:#x})"
-            ),
-            ExitReason::Crash { vcpu } => write!(f, "vCPU {vcpu}: guest reported a crash"),
-            ExitReason::RunError { vcpu, error } => {
-                write!(f, "vCPU {vcpu}: KVM_RUN failed: {error}")
-            }
-        }
-    }
-}
-
-/// Where vCPUs (and the reset line) report the end of the VM. The first
-/// reason reported wins.
-#[derive(Debug)]
-pub struct ExitSignal {
-    evt: EventFd,
-    reason: Mutex<Option<ExitReason>>,
-}
-
-impl ExitSignal {
-    /// A new signal with its eventfd.
-    pub fn new() -> std::io::Result<Self> {
-        Ok(ExitSignal {
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            reason: Mutex::new(None),
-        })
-    }
-
-    /// Records `reason` (unless one is already recorded) and wakes the VMM thread.
-    pub fn report(&self, reason: ExitReason) {
-        let mut r = crate::devices::bus::lock(&self.reason);
-        if r.is_none() {
-            *r = Some(reason);
-        }
-        // The eventfd counter cannot overflow with one write per exit.
-        let _ = self.evt.write(1);
-    }
-
-    /// The recorded reason, if any.
-    pub fn reason(&self) -> Option<ExitReason> {
-        crate::devices::bus::lock(&self.reason).clone()
-    }
-
-    /// The eventfd the VMM thread polls.
-    pub fn eventfd(&self) -> &EventFd {
-        &self.evt
-    }
-}
 
 /// Requests to a vCPU thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +117,8 @@ enum Step {
     Continue,
     Interrupted,
     Stop(ExitReason),
+    /// The VM ended (a device reported it): run no more guest code.
+    Ended,
 }
 
 impl Vcpu {
@@ -284,29 +143,37 @@ impl Vcpu {
 
     fn run_once(&mut self, unhandled: &mut RateLimiter) -> Step {
         let id = self.id;
-        match self.fd.run() {
+        let exits = &crate::metrics::VCPU_EXITS;
+        let step = match self.fd.run() {
             Ok(exit) => match exit {
                 VcpuExit::IoOut(port, data) => {
+                    exits.port(port);
                     self.pio.write(u64::from(port), data);
                     Step::Continue
                 }
                 VcpuExit::IoIn(port, data) => {
+                    exits.port(port);
                     self.pio.read(u64::from(port), data);
                     Step::Continue
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    exits.mmio(addr);
                     if !self.mmio.read(addr, data) && unhandled.allow() {
                         log::warn!("vCPU {id}: MMIO read of unmapped address {addr:#x}");
                     }
                     Step::Continue
                 }
                 VcpuExit::MmioWrite(addr, data) => {
+                    exits.mmio(addr);
                     if !self.mmio.write(addr, data) && unhandled.allow() {
                         log::warn!("vCPU {id}: MMIO write to unmapped address {addr:#x}");
                     }
                     Step::Continue
                 }
-                VcpuExit::Hlt => Step::Continue,
+                VcpuExit::Hlt => {
+                    exits.hlt.inc();
+                    Step::Continue
+                }
                 VcpuExit::Shutdown => Step::Stop(ExitReason::TripleFault { vcpu: id }),
                 VcpuExit::FailEntry(hardware_reason, _) => Step::Stop(ExitReason::FailEntry {
                     vcpu: id,
@@ -330,6 +197,7 @@ impl Vcpu {
                 },
                 VcpuExit::Intr => Step::Interrupted,
                 other => {
+                    exits.other.inc();
                     if unhandled.allow() {
                         log::warn!("vCPU {id}: unexpected exit {other:?}");
                     }
@@ -341,7 +209,14 @@ impl Vcpu {
                 vcpu: id,
                 error: e.to_string(),
             }),
+        };
+        match step {
+            Step::Interrupted => exits.interrupted.inc(),
+            Step::Stop(_) => exits.fatal.inc(),
+            Step::Continue if self.exit.ended() => return Step::Ended,
+            Step::Continue | Step::Ended => {}
         }
+        step
     }
 
     fn thread_main(mut self, events: Receiver<VcpuEvent>, responses: Sender<VcpuResponse>) {
@@ -390,6 +265,7 @@ impl Vcpu {
                             self.exit.report(reason);
                             state = VcpuState::Exited;
                         }
+                        Step::Ended => state = VcpuState::Exited,
                     }
                 }
             }

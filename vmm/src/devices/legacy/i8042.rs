@@ -8,8 +8,11 @@ use std::collections::VecDeque;
 
 use vm_superio::Trigger;
 
+use std::sync::Arc;
+
 use super::EventFdTrigger;
 use crate::devices::BusDevice;
+use crate::vstate::exit::{ExitReason, ExitSignal};
 
 /// Data port.
 pub const DATA_PORT: u64 = 0x60;
@@ -50,7 +53,7 @@ pub enum I8042Error {
 /// The controller.
 #[derive(Debug)]
 pub struct I8042Device {
-    reset_evt: EventFdTrigger,
+    exit: Arc<ExitSignal>,
     kbd_irq: EventFdTrigger,
     status: u8,
     control: u8,
@@ -60,10 +63,12 @@ pub struct I8042Device {
 }
 
 impl I8042Device {
-    /// A controller signalling `reset_evt` on CPU reset and `kbd_irq` for input.
-    pub fn new(reset_evt: EventFdTrigger, kbd_irq: EventFdTrigger) -> Self {
+    /// A controller reporting a CPU reset to `exit` (at once, on the vCPU
+    /// that asked: that vCPU runs no further guest code) and raising
+    /// `kbd_irq` for input.
+    pub fn new(exit: Arc<ExitSignal>, kbd_irq: EventFdTrigger) -> Self {
         I8042Device {
-            reset_evt,
+            exit,
             kbd_irq,
             status: SB_KBD_ENABLED,
             control: CTR_KBD_INT,
@@ -118,10 +123,7 @@ impl I8042Device {
             CMD_SELF_TEST => {
                 let _ = self.push(0x55);
             }
-            CMD_RESET_CPU => {
-                // Nothing to do if the VMM already stopped listening.
-                let _ = self.reset_evt.trigger();
-            }
+            CMD_RESET_CPU => self.exit.report(ExitReason::Reset),
             _ => {}
         }
     }
@@ -169,14 +171,11 @@ mod tests {
     use super::*;
     use vmm_sys_util::eventfd::EventFd;
 
-    fn device() -> (I8042Device, EventFd, EventFd) {
-        let reset = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    fn device() -> (I8042Device, Arc<ExitSignal>, EventFd) {
+        let exit = Arc::new(ExitSignal::new().unwrap());
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let dev = I8042Device::new(
-            EventFdTrigger(reset.try_clone().unwrap()),
-            EventFdTrigger(irq.try_clone().unwrap()),
-        );
-        (dev, reset, irq)
+        let dev = I8042Device::new(exit.clone(), EventFdTrigger(irq.try_clone().unwrap()));
+        (dev, exit, irq)
     }
 
     fn rd(dev: &mut I8042Device, off: u64) -> u8 {
@@ -187,11 +186,13 @@ mod tests {
 
     #[test]
     fn reset_command() {
-        let (mut dev, reset, _) = device();
+        let (mut dev, exit, _) = device();
         dev.write(4, &[0x01]);
-        assert!(reset.read().is_err());
+        assert!(!exit.ended());
         dev.write(4, &[CMD_RESET_CPU]);
-        assert_eq!(reset.read().unwrap(), 1);
+        assert!(exit.ended());
+        assert_eq!(exit.reason(), Some(ExitReason::Reset));
+        assert_eq!(exit.eventfd().read().unwrap(), 1);
     }
 
     #[test]

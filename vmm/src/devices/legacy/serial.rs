@@ -10,7 +10,7 @@ use vm_superio::Serial;
 
 use super::EventFdTrigger;
 use crate::devices::BusDevice;
-use crate::vstate::vcpu::{ExitReason, ExitSignal};
+use crate::vstate::exit::{ExitReason, ExitSignal};
 
 /// I/O port base of COM1.
 pub const COM1_BASE: u64 = 0x3f8;
