@@ -13,11 +13,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use husk_host::rootfs::{ImageFormat, build_image};
 use integration_tests::agent::{self, AgentVm};
 use integration_tests::host::TempDir;
 use integration_tests::{initramfs, linux, pod};
 use protocol::{Call, GuestStats, Reply, Request, Response};
-use shim::rootfs::{ImageFormat, build_image};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -275,7 +275,7 @@ fn rootfs_formats(runs: usize) {
     );
 }
 
-fn guest_stats(c: &mut shim::agent::AgentClient) -> Option<GuestStats> {
+fn guest_stats(c: &mut husk_host::agent::AgentClient) -> Option<GuestStats> {
     match c.call(Call::GuestStats) {
         Ok(Reply::GuestStats(s)) => Some(s),
         _ => None,

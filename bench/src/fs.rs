@@ -15,14 +15,14 @@
 
 use std::process::{Command, Stdio};
 
+use husk_host::hypervisor::{Drive, VmSpec};
+use husk_host::rootfs::{ImageFormat, build_image};
+use husk_host::shares::{ShareBind, ShareRoot, TAG};
 use integration_tests::agent::{self, AgentVm};
 use integration_tests::cli::{Husk, text};
 use integration_tests::host::TempDir;
 use integration_tests::{linux, pod};
 use protocol::{Call, SandboxConfig};
-use shim::hypervisor::{Drive, VmSpec};
-use shim::rootfs::{ImageFormat, build_image};
-use shim::shares::{ShareBind, ShareRoot, TAG};
 
 /// One fio workload.
 struct Job {

@@ -1,17 +1,17 @@
 //! The guest agent for tests: built statically, packed as the init of an
 //! initramfs, booted with husk's own hypervisor backends
-//! (`shim::hypervisor`; QEMU TCG here, with vsock served by
+//! (`husk_host::hypervisor`; QEMU TCG here, with vsock served by
 //! vhost-device-vsock in the same hybrid Unix-socket convention as
-//! husk-vmm) and driven with husk's own agent client (`shim::agent`).
+//! husk-vmm) and driven with husk's own agent client (`husk_host::agent`).
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shim::agent::AgentClient;
-use shim::hypervisor::{Backend, Choice, Drive, Vm, VmSpec};
-use shim::rootfs::ImageFormat;
+use husk_host::agent::AgentClient;
+use husk_host::hypervisor::{Backend, Choice, Drive, Vm, VmSpec};
+use husk_host::rootfs::ImageFormat;
 
 use crate::initramfs::{Entry, build};
 
@@ -129,7 +129,7 @@ impl AgentVm {
 
     /// A raw connection to a guest vsock port.
     pub fn connect(&self, port: u32) -> UnixStream {
-        let s = shim::agent::connect_vsock(&self.hybrid, port, Duration::from_secs(60))
+        let s = husk_host::agent::connect_vsock(&self.hybrid, port, Duration::from_secs(60))
             .expect("connect to the guest");
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         s
@@ -155,5 +155,5 @@ pub fn attach(
     exec_id: &str,
     stream: protocol::StdioStream,
 ) -> UnixStream {
-    shim::agent::attach(&vm.hybrid, container_id, exec_id, stream).expect("stdio attach")
+    husk_host::agent::attach(&vm.hybrid, container_id, exec_id, stream).expect("stdio attach")
 }

@@ -6,10 +6,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use husk_host::agent::{AgentClient, OutputPump};
+use husk_host::hypervisor::Drive;
+use husk_host::rootfs::{ImageFormat, build_image};
 use protocol::{Call, ExitInfo, StdioStream, Storage, StorageSource};
-use shim::agent::{AgentClient, OutputPump};
-use shim::hypervisor::Drive;
-use shim::rootfs::{ImageFormat, build_image};
 
 use crate::agent::{self, AgentVm};
 use crate::host::TempDir;
@@ -153,7 +153,7 @@ pub fn try_create(
     id: &str,
     args: &[&str],
     extra: serde_json::Value,
-) -> Result<Running, shim::agent::AgentError> {
+) -> Result<Running, husk_host::agent::AgentError> {
     let out = agent::attach(vm, id, "", StdioStream::Stdout);
     let err = agent::attach(vm, id, "", StdioStream::Stderr);
     let (stdout, stderr) = (Buffer::default(), Buffer::default());

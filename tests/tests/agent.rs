@@ -4,12 +4,12 @@
 //! answers Version and Ping, survives malformed requests, applies sandbox
 //! settings, reports its memory and shuts the guest down.
 
+use husk_host::agent::AgentError;
 use integration_tests::agent::{self, AgentVm};
 use integration_tests::host::TempDir;
 use integration_tests::linux;
 use integration_tests::pod::{self, BOOT};
 use protocol::{Call, ErrorCode, Reply, Request, Response, SandboxConfig};
-use shim::agent::AgentError;
 
 fn call(s: &mut std::os::unix::net::UnixStream, id: u64, call: Call) -> Response {
     protocol::write_message(s, &Request { id, call }).unwrap();

@@ -6,11 +6,11 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use husk_host::agent::{AgentError, OutputPump};
 use integration_tests::agent;
 use integration_tests::host::TempDir;
 use integration_tests::pod::{self, Buffer};
 use protocol::{Call, ErrorCode, Reply, StdioStream};
-use shim::agent::{AgentError, OutputPump};
 
 fn refused(r: Result<Reply, AgentError>) -> ErrorCode {
     match r {

@@ -7,11 +7,11 @@
 use std::io::Write;
 use std::time::Duration;
 
+use husk_host::agent::{AgentError, OutputPump};
 use integration_tests::agent;
 use integration_tests::host::TempDir;
 use integration_tests::pod::{self, Buffer};
 use protocol::{Call, ErrorCode, Reply, StdioStream};
-use shim::agent::{AgentError, OutputPump};
 
 #[test]
 fn process_and_isolation_settings() {
@@ -173,7 +173,7 @@ fn process_and_isolation_settings() {
         .unwrap();
 }
 
-fn stats(c: &mut shim::agent::AgentClient, id: &str) -> protocol::ContainerStats {
+fn stats(c: &mut husk_host::agent::AgentClient, id: &str) -> protocol::ContainerStats {
     match c.call(Call::Stats { id: id.into() }).unwrap() {
         Reply::Stats(s) => s,
         other => panic!("{other:?}"),
@@ -253,7 +253,7 @@ fn cgroup_limits_stats_updates_and_oom_events() {
     let hybrid = vm.hybrid.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut events = shim::agent::AgentClient::connect(&hybrid).unwrap();
+        let mut events = husk_host::agent::AgentClient::connect(&hybrid).unwrap();
         let _ = tx.send(events.call(Call::WaitOomEvent { after: 0 }));
     });
     let hog = pod::create(
@@ -283,7 +283,7 @@ fn cgroup_limits_stats_updates_and_oom_events() {
 fn terminal_gets_a_pty_and_resizes() {
     let dir = TempDir::new("agent-tty");
     // The ext4 image path (the other tests use EROFS).
-    let vm = pod::boot_with_image(&dir, &[], shim::rootfs::ImageFormat::Ext4);
+    let vm = pod::boot_with_image(&dir, &[], husk_host::rootfs::ImageFormat::Ext4);
     let mut c = vm.client();
     let mut input = agent::attach(&vm, "tty", "", StdioStream::Stdin);
     let running = pod::create(

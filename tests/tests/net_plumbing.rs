@@ -1,4 +1,4 @@
-//! Container networking, host side (`shim::network`), on real network
+//! Container networking, host side (`husk_host::network`), on real network
 //! namespaces: a veth as the CNI bridge plugin leaves it is read, a TAP is
 //! joined to it with tc redirection, frames cross both ways, and removal
 //! leaves the namespace as it was.
@@ -7,9 +7,9 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use husk_host::network;
 use integration_tests::netns::VethNamespace;
 use protocol::network::{IpPrefix, Route};
-use shim::network;
 use vmm::devices::virtio::net::Tap;
 
 /// The 12-byte virtio-net header the TAP's frames carry.

@@ -10,11 +10,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use husk_containerd::{CreateArgs, Mount, StdioPaths, Tasks, task_service};
 use integration_tests::agent;
 use integration_tests::cli::text;
 use integration_tests::pod;
 use integration_tests::shim::ShimEnv;
-use shim::containerd::{CreateArgs, Mount, StdioPaths, Tasks, task_service};
 
 fn ext4_image(tree: &Path, img: &Path) {
     let st = Command::new("mkfs.ext4")

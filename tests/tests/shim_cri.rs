@@ -302,8 +302,8 @@ fn a_pod_whose_vm_dies_ends_its_containers_and_cleans_up() {
     let vmm: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap_or_default();
     let vmm_name = match integration_tests::agent::backend() {
-        shim::hypervisor::Backend::HuskVmm => "husk-vmm",
-        shim::hypervisor::Backend::Qemu => "qemu-system",
+        husk_host::hypervisor::Backend::HuskVmm => "husk-vmm",
+        husk_host::hypervisor::Backend::Qemu => "qemu-system",
     };
     assert!(comm.starts_with(vmm_name), "{line}: {comm}");
     // SAFETY: kill(2) with a PID just read; no memory is involved.

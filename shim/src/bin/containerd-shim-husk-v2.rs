@@ -1,5 +1,0 @@
-//! `containerd-shim-husk-v2`: the containerd runtime v2 shim.
-
-fn main() -> std::process::ExitCode {
-    shim::containerd::main()
-}
