@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of husk on this machine, installing what it needs
-# first: Debian packages, the guest kernel (cached in ~/.cache/husk), the
-# workspace. Needs root and /dev/kvm.
+# first: Debian packages, the guest kernel and the nested lab's kernel
+# (cached in ~/.cache/husk), the workspace. Needs root and /dev/kvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,10 @@ scripts/setup.sh
 HUSK_KERNEL=$(kernel-config/build.sh)
 export HUSK_KERNEL
 echo "guest kernel: $HUSK_KERNEL" >&2
+# The nested KVM lab's L1 kernel (Debian's package, unpacked and cached).
+HUSK_LAB_KERNEL=$(scripts/lab-kernel.sh)
+export HUSK_LAB_KERNEL
+echo "lab kernel: $HUSK_LAB_KERNEL" >&2
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
