@@ -73,7 +73,8 @@ fn main() -> ExitCode {
         use std::io::Write;
         let _ = writeln!(
             std::io::stdout(),
-            "husk-agent ready in {ready_ms} ms (protocol {})",
+            "{} in {ready_ms} ms (protocol {})",
+            protocol::AGENT_READY_LINE,
             protocol::PROTOCOL_VERSION
         );
     }

@@ -45,6 +45,11 @@ pub const MAX_FILE: usize = 128 * 1024;
 /// vsock port the agent listens on for control calls.
 pub const AGENT_CONTROL_PORT: u32 = 1024;
 
+/// How the agent's line on the console starts once it serves
+/// (`husk-agent ready in N ms (protocol V)`). A hint for the host about
+/// when to start connecting, never proof of anything.
+pub const AGENT_READY_LINE: &str = "husk-agent ready";
+
 /// vsock port for container stdio streams (one connection per stream).
 pub const STDIO_PORT: u32 = 1025;
 

@@ -97,6 +97,9 @@ pub fn boot_vm(backend: Backend, dir: &Path, spec: &VmSpec) -> Result<BootedVm, 
         attempt += 1;
         let mut vm = Vm::boot(backend, dir, spec)?;
         let spawned = t0.elapsed();
+        if backend == Backend::Qemu {
+            wait_ready_line(&mut vm, BOOT_LIMIT);
+        }
         match AgentClient::connect_when_ready(vm.vsock_path(), BOOT_LIMIT) {
             Ok(client) => {
                 return Ok(BootedVm {
@@ -126,5 +129,97 @@ pub fn boot_vm(backend: Backend, dir: &Path, spec: &VmSpec) -> Result<BootedVm, 
                 });
             }
         }
+    }
+}
+
+/// Waits, at most `limit`, until the guest's console shows the agent's
+/// ready line or the VMM exits. vhost-device-vsock (the QEMU backend's
+/// vsock) can leave a `CONNECT` made before the guest's driver is up
+/// unanswered, and every later one with it (seen with QEMU on KVM, where
+/// the host connects while the guest still boots); so on QEMU the first
+/// `CONNECT` waits for this line. The line is guest-written: it only says
+/// when to start, the handshake and `Version` still decide.
+fn wait_ready_line(vm: &mut Vm, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut seen = ReadyLine::default();
+    while Instant::now() < deadline && !vm.wait_exit(Duration::ZERO) {
+        if seen.scan(vm.console_path()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads a growing console log from where it left off, looking for
+/// [`protocol::AGENT_READY_LINE`].
+#[derive(Debug, Default)]
+struct ReadyLine {
+    offset: u64,
+    tail: Vec<u8>,
+}
+
+impl ReadyLine {
+    /// True once the line has appeared in `console`.
+    fn scan(&mut self, console: &Path) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let needle = protocol::AGENT_READY_LINE.as_bytes();
+        let Ok(mut f) = std::fs::File::open(console) else {
+            return false;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return false;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let n = match f.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            self.offset += n as u64;
+            self.tail.extend_from_slice(&chunk[..n]);
+            if self.tail.windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+            // Keep only what could begin the line in the next chunk.
+            let keep = self.tail.len().min(needle.len() - 1);
+            self.tail.drain(..self.tail.len() - keep);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("husk-ready-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("console.log")
+    }
+
+    #[test]
+    fn the_ready_line_is_found_across_reads() {
+        let console = console("across");
+        let mut seen = ReadyLine::default();
+        assert!(!seen.scan(&console), "no console yet");
+        std::fs::write(&console, "booting\nhusk-age").unwrap();
+        assert!(!seen.scan(&console));
+        let mut text = std::fs::read(&console).unwrap();
+        text.extend_from_slice(b"nt ready in 12 ms (protocol 6)\n");
+        std::fs::write(&console, text).unwrap();
+        assert!(seen.scan(&console));
+        let _ = std::fs::remove_dir_all(console.parent().unwrap());
+    }
+
+    #[test]
+    fn a_long_console_without_the_line_keeps_a_short_tail() {
+        let console = console("long");
+        std::fs::write(&console, vec![b'x'; 100_000]).unwrap();
+        let mut seen = ReadyLine::default();
+        assert!(!seen.scan(&console));
+        assert_eq!(seen.offset, 100_000);
+        assert!(seen.tail.len() < protocol::AGENT_READY_LINE.len());
+        let _ = std::fs::remove_dir_all(console.parent().unwrap());
     }
 }
