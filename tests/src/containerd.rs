@@ -140,6 +140,9 @@ impl Containerd {
             .arg(self.dir.join("containerd.sock"))
             .arg("--namespace")
             .arg(&self.namespace)
+            // No ctr command may hang a test.
+            .arg("--timeout")
+            .arg("4m")
             .args(args)
             .stdin(Stdio::null());
         c

@@ -52,6 +52,10 @@ fn missing(what: &str) -> CriError {
 /// What a CRI call returns: its reply, or the status it failed with.
 pub type CriResult<T> = Result<T, CriError>;
 
+/// The longest any one CRI call may take before it fails with
+/// `Cancelled`/`DeadlineExceeded`.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// A connected CRI runtime-service client.
 #[derive(Debug)]
 pub struct Cri {
@@ -74,6 +78,9 @@ impl Cri {
                 Endpoint::try_from("http://[::]:0")
                     .expect("endpoint")
                     .connect_timeout(Duration::from_secs(10))
+                    // No call may hang a test: containerd answers every
+                    // one well within this, VM boots under TCG included.
+                    .timeout(CALL_TIMEOUT)
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path: PathBuf = path.clone();
                         async move {

@@ -197,15 +197,30 @@ pub struct Lab {
     console: Arc<Mutex<String>>,
     /// When L1 was ready.
     pub boot_time: Duration,
+    /// Cleared on drop: ends the thread that nudges L1 (see NUDGE_EVERY).
+    nudging: Arc<std::sync::atomic::AtomicBool>,
     _one: MutexGuard<'static, ()>,
 }
+
+/// How often L1 gets a key press (Shift, from QEMU's monitor). QEMU 7.2's
+/// TCG with emulated SVM now and then leaves L1's APIC timer interrupt
+/// pending in IRR and never delivered, L1's CPU halted with interrupts on
+/// or inside L2, until some other interrupt reaches the APIC; then the
+/// pending one goes too. Without one L1 froze for good (docs/TESTING.md);
+/// a keyboard interrupt every few seconds is that other interrupt.
+const NUDGE_EVERY: Duration = Duration::from_secs(3);
+
+/// How long L1 may go without a heartbeat (`husk-lab-init` prints one
+/// each 30 s on the console) before it counts as frozen.
+const FROZEN_AFTER: Duration = Duration::from_secs(180);
 
 /// L1's share directory as L1 sees it.
 const SHARE_IN_L1: &str = "/lab";
 
-/// QEMU's accelerator for L1: TCG, one host thread per vCPU.
+/// QEMU's accelerator for L1: TCG, one host thread per vCPU, or
+/// `$HUSK_LAB_ACCEL`.
 fn accel() -> String {
-    "tcg,thread=multi".into()
+    std::env::var("HUSK_LAB_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".into())
 }
 
 /// L1's CPU: everything TCG emulates (AMD SVM with nested paging among
@@ -326,7 +341,14 @@ impl Lab {
             .args(["-smp", &options.cpus.to_string()])
             .args(["-m", &options.memory_mib.to_string()])
             .args(["-nodefaults", "-no-user-config", "-no-reboot"])
-            .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+            .args(["-display", "none", "-serial", "stdio"])
+            // A monitor for whoever looks into a stalled L1 (`info
+            // registers`, `info cpus`): `socat - UNIX:…/monitor.sock`.
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("monitor.sock").display()
+            ))
             .arg("-kernel")
             .arg(kernel.dir.join("vmlinuz"))
             .arg("-initrd")
@@ -381,8 +403,10 @@ impl Lab {
             next: 0,
             console,
             boot_time: Duration::ZERO,
+            nudging: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             _one: one,
         };
+        lab.start_nudging();
         let deadline = started + Duration::from_secs(300);
         loop {
             let text = lab.console();
@@ -433,6 +457,66 @@ impl Lab {
         )
     }
 
+    /// How many `HUSK-LAB-ALIVE` lines L1 has printed (one each 30 s).
+    fn heartbeats(&self) -> usize {
+        self.console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .matches("HUSK-LAB-ALIVE")
+            .count()
+    }
+
+    /// Starts the thread that presses Shift in L1 every NUDGE_EVERY until
+    /// the lab is dropped.
+    fn start_nudging(&self) {
+        let on = self.nudging.clone();
+        let socket = self.dir.join("monitor.sock");
+        std::thread::spawn(move || {
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(NUDGE_EVERY);
+                let _ = monitor_command(&socket, "sendkey shift", Duration::from_millis(200));
+            }
+        });
+    }
+
+    /// Sends one command to QEMU's monitor of L1; returns its reply.
+    fn monitor(&self, command: &str) -> std::io::Result<String> {
+        monitor_command(
+            &self.dir.join("monitor.sock"),
+            command,
+            Duration::from_millis(1500),
+        )
+    }
+
+    /// Where L1's vCPU is and what its APIC holds, from QEMU's monitor:
+    /// for a report on a stalled L1.
+    fn cpu_state(&self) -> String {
+        let mut state = String::new();
+        for command in ["info registers", "info lapic"] {
+            match self.monitor(command) {
+                Ok(text) => state.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| {
+                            ["RIP=", "CR3=", "GS =", "IRR", "ISR", "PPR"]
+                                .iter()
+                                .any(|k| l.starts_with(k))
+                        })
+                        .map(|l| format!("{l}; ")),
+                ),
+                Err(e) => state.push_str(&format!("monitor: {e}; ")),
+            }
+        }
+        state
+    }
+
+    /// The last `lines` lines of L1's console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let console = self.console();
+        let all: Vec<&str> = console.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// L1's console so far.
     pub fn console(&self) -> String {
         self.console
@@ -465,8 +549,23 @@ impl Lab {
         let status_path = cmd.join(format!("{n}.status"));
         let mut output = Vec::new();
         let mut partial = Vec::new();
+        let mut beats = self.heartbeats();
+        let mut last_beat = Instant::now();
         loop {
             let done = status_path.exists();
+            let now_beats = self.heartbeats();
+            if now_beats != beats {
+                beats = now_beats;
+                last_beat = Instant::now();
+            } else if last_beat.elapsed() > FROZEN_AFTER {
+                panic!(
+                    "L1 froze while command {n} ran: no heartbeat for {} s\nL1's CPU: {}\noutput:\n{}\nL1 console (the end):\n{}",
+                    FROZEN_AFTER.as_secs(),
+                    self.cpu_state(),
+                    String::from_utf8_lossy(&output),
+                    self.console_tail(40)
+                );
+            }
             if let Ok(mut f) = std::fs::File::open(&out_path) {
                 if f.seek(SeekFrom::Start(output.len() as u64)).is_ok() {
                     let mut fresh = Vec::new();
@@ -502,9 +601,9 @@ impl Lab {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "L1 gave no status for command {n} within {timeout:?}\noutput:\n{}\nL1 console:\n{}",
+                    "L1 gave no status for command {n} within {timeout:?}\noutput:\n{}\nL1 console (the end):\n{}",
                     String::from_utf8_lossy(&output),
-                    self.console()
+                    self.console_tail(40)
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -525,6 +624,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.nudging
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let _ = std::fs::write(self.dir.join("cmd/stop"), b"");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -536,6 +637,26 @@ impl Drop for Lab {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();
     }
+}
+
+/// Sends one command to the QEMU monitor at `socket`; returns its reply
+/// (what came until nothing more did for `wait`).
+fn monitor_command(socket: &Path, command: &str, wait: Duration) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(wait))?;
+    let mut buf = [0u8; 65536];
+    // The banner and prompt first, then the command.
+    let _ = s.read(&mut buf);
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut out = Vec::new();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Path of an integration test binary built by cargo for this workspace

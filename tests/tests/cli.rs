@@ -118,7 +118,9 @@ fn lifecycle_create_start_state_exec_kill_delete() {
     let proc_file = h.dir.join("p.json");
     std::fs::write(&proc_file, serde_json::json!({"args": ["/bin/sleep", "30"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}).to_string()).unwrap();
     let xpid = h.dir.join("x.pid");
-    // Detached: its stdio stays open, so not pipes (as with runc).
+    // Detached: its stdio stays open, so not pipes (as with runc); errors
+    // go to a file.
+    let xerr = h.dir.join("x.err");
     let st = h
         .command(&[
             "exec",
@@ -131,10 +133,14 @@ fn lifecycle_create_start_state_exec_kill_delete() {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&xerr).unwrap())
         .status()
         .unwrap();
-    assert!(st.success(), "exec -d failed");
+    assert!(
+        st.success(),
+        "exec -d failed ({st}): {}",
+        std::fs::read_to_string(&xerr).unwrap_or_default()
+    );
     assert!(
         std::fs::read_to_string(&xpid)
             .unwrap()

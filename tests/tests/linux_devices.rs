@@ -159,8 +159,14 @@ fn the_network_carries_ping_and_64_mib_each_way() {
     let net = TapNamespace::new("lnet");
     let tool = linux::guest_tool();
     // The host's end: answers the guest's exchange.
-    let mut host_listener = net
-        .command(&tool)
+    // The host's ends are bounded in time: a stalled transfer fails the
+    // test, naming its direction, instead of hanging it.
+    let bounded = || {
+        let mut c = net.command(Path::new("timeout"));
+        c.arg(T.as_secs().to_string()).arg(&tool);
+        c
+    };
+    let mut host_listener = bounded()
         .args(["tcp-listen", &format!("{}:5001", net.host_ip), "1"])
         .stdout(Stdio::piped())
         .spawn()
@@ -192,8 +198,7 @@ reboot -f
         ),
     );
     vm.wait_console("tcp-listen: listening", T);
-    let to_guest = net
-        .command(&tool)
+    let to_guest = bounded()
         .args([
             "tcp-connect",
             &format!("{}:5002", net.guest_ip),
@@ -209,8 +214,10 @@ reboot -f
     assert!(out.contains("tcp-listen: ok"), "host to guest:\n{out}");
     assert!(
         to_guest.status.success(),
-        "host to guest: {}",
-        String::from_utf8_lossy(&to_guest.stdout)
+        "host to guest ({}): {}{}",
+        to_guest.status,
+        String::from_utf8_lossy(&to_guest.stdout),
+        String::from_utf8_lossy(&to_guest.stderr)
     );
     let listened = host_listener.wait_with_output().unwrap();
     assert!(

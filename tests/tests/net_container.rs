@@ -37,16 +37,26 @@ fn exec(h: &Husk, id: &str, script: &str) -> String {
 }
 
 /// `GET /` from `addr`:`port` inside container `id` (HTTP/1.0 through
-/// `nc`): the body.
+/// `nc`): the body. Retried for a while (a neighbour a container has not
+/// yet resolved may cost the first try); the last failure is reported.
 fn get_in(h: &Husk, id: &str, addr: &str, port: u16) -> String {
-    let reply = exec(
-        h,
-        id,
-        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {addr} {port}"),
-    );
-    match reply.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") => body.to_string(),
-        _ => panic!("GET {addr}:{port} in {id}: {reply:?}"),
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {addr} {port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = h.run(&["exec", id, "/bin/sh", "-c", &script]);
+        let reply = text(&out.stdout);
+        match reply.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") => return body.to_string(),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "GET {addr}:{port} in {id} ({}): {reply:?} {}",
+                out.status,
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

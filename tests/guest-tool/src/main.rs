@@ -156,7 +156,10 @@ fn tcp_listen() -> Result<(), String> {
     let mut threads = Vec::new();
     for _ in 0..conns {
         let (mut s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        threads.push(std::thread::spawn(move || answer(&mut s)));
+        threads.push(std::thread::spawn(move || {
+            answer(&mut s)?;
+            linger(&s)
+        }));
     }
     let failures: Vec<String> = threads
         .into_iter()
@@ -165,6 +168,26 @@ fn tcp_listen() -> Result<(), String> {
     match failures.first() {
         None => Ok(()),
         Some(f) => Err(format!("{} of {conns}: {f}", failures.len())),
+    }
+}
+
+/// Waits until the peer has read the whole reply and closed: the reply
+/// may still sit in this socket's send buffer when `answer` returns, and
+/// whoever runs this tool may end the machine as soon as it reports.
+fn linger(s: &std::net::TcpStream) -> Result<(), String> {
+    use std::io::Read;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("shut down writing: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(300)))
+        .map_err(|e| format!("read time-out: {e}"))?;
+    let mut buf = [0u8; 512];
+    let mut r = s;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("wait for the peer to close: {e}")),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ fn main() {
         eprintln!("husk-lab-init: {}: {e}", cmd_dir.display());
     }
     println!("HUSK-LAB-READY");
+    std::thread::spawn(heartbeat);
     let mut n = 0u32;
     loop {
         reap_orphans(None);
@@ -103,7 +104,13 @@ fn run(script: &Path, out: &Path) -> String {
         if Instant::now() > deadline {
             // SAFETY: as above.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // A process stuck in the kernel does not die of SIGKILL; the
+            // status is written anyway, naming what is stuck.
+            let grace = Instant::now() + Duration::from_secs(30);
             while reap_orphans(Some(pid)).is_none() {
+                if Instant::now() > grace {
+                    return format!("timeout (not ended by SIGKILL:{})", stuck());
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             return "timeout".into();
@@ -131,6 +138,65 @@ fn reap_orphans(watched: Option<libc::pid_t>) -> Option<String> {
             });
         }
     }
+}
+
+/// Prints a line about L1's state on the console every 30 s.
+fn heartbeat() {
+    loop {
+        std::thread::sleep(Duration::from_secs(30));
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let uptime = read("/proc/uptime");
+        let load = read("/proc/loadavg");
+        let avail = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+            .unwrap_or_default();
+        println!(
+            "HUSK-LAB-ALIVE up={} load={} avail_kib={avail} stuck:{}",
+            uptime.split_whitespace().next().unwrap_or("?"),
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(","),
+            stuck()
+        );
+    }
+}
+
+/// The processes in uninterruptible sleep (state D), as ` PID:COMM@WCHAN`.
+fn stuck() -> String {
+    let mut out = String::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        if stat[close + 1..].split_whitespace().next() != Some("D") {
+            continue;
+        }
+        let comm = stat
+            .get(stat.find('(').map_or(0, |i| i + 1)..close)
+            .unwrap_or("?");
+        let wchan = std::fs::read_to_string(entry.path().join("wchan")).unwrap_or_default();
+        out.push_str(&format!(" {pid}:{comm}@{wchan}"));
+        if out.len() > 600 {
+            out.push_str(" …");
+            break;
+        }
+    }
+    out
 }
 
 /// Flushes file systems and powers the machine off; QEMU then exits.
