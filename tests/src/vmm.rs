@@ -75,6 +75,9 @@ pub struct ApiVmm {
     pub sock: PathBuf,
     /// Console output file.
     pub console: PathBuf,
+    /// The VMM's stderr (its log), kept in a file so that a failure can
+    /// show it while the VMM still runs.
+    pub stderr: PathBuf,
 }
 
 /// An HTTP answer from the API.
@@ -95,8 +98,20 @@ impl ApiVmm {
     /// Starts `husk-vmm --api-sock` with its console in `dir`, in network
     /// namespace `netns` (by name) if one is given.
     pub fn start_in(dir: &TempDir, netns: Option<&str>) -> ApiVmm {
+        Self::spawn(dir, netns, &[])
+    }
+
+    /// Starts `husk-vmm --api-sock` with its console in `dir` and `extra`
+    /// arguments.
+    pub fn start_with_args(dir: &TempDir, extra: &[&str]) -> ApiVmm {
+        Self::spawn(dir, None, extra)
+    }
+
+    fn spawn(dir: &TempDir, netns: Option<&str>, extra: &[&str]) -> ApiVmm {
         let sock = dir.join("api.sock");
         let console = dir.join("console.log");
+        let stderr = dir.join("vmm.stderr");
+        let log = std::fs::File::create(&stderr).expect("create the VMM's stderr file");
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -105,14 +120,19 @@ impl ApiVmm {
             }
             None => Command::new(bin("husk-vmm")),
         };
+        // For comparisons by hand: the same guest without the filters.
+        if std::env::var_os("HUSK_TEST_NO_SECCOMP").is_some() {
+            cmd.arg("--no-seccomp");
+        }
         let child = cmd
             .arg("--api-sock")
             .arg(&sock)
             .arg("--console-out")
             .arg(&console)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("spawn husk-vmm");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -124,6 +144,7 @@ impl ApiVmm {
             child: Some(child),
             sock,
             console,
+            stderr,
         }
     }
 
@@ -147,7 +168,8 @@ impl ApiVmm {
             }
             assert!(
                 Instant::now() < deadline,
-                "console never showed {needle:?}; it has:\n{text}"
+                "console never showed {needle:?}; it has:\n{text}\nhusk-vmm's stderr:\n{}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -156,7 +178,9 @@ impl ApiVmm {
     /// Waits for the process to exit and returns its output.
     pub fn wait(mut self, timeout: Duration) -> Output {
         let child = self.child.take().expect("child already waited for");
-        wait_output(child, timeout)
+        let mut out = wait_output(child, timeout);
+        out.stderr = std::fs::read(&self.stderr).unwrap_or_default();
+        out
     }
 
     /// The child's pid.

@@ -173,7 +173,14 @@ fn failures(output: &str) -> String {
 #[test]
 fn l1_is_a_kvm_host_that_boots_linux_on_husk_vmm() {
     in_the_lab(
-        &["husk_host", "linux_husk_vmm", "linux_devices", "vmm_api"],
+        &[
+            "husk_host",
+            "linux_husk_vmm",
+            "linux_devices",
+            "vmm_api",
+            "vmm_seccomp",
+            "linux_rate_limits",
+        ],
         Duration::from_secs(900),
         |lab| {
             let kvm = lab.run(

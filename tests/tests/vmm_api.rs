@@ -152,7 +152,13 @@ fn bad_requests_get_400_and_change_nothing() {
             "not been started",
         ),
         ("PUT", "/balloon", Some("{}"), "not implemented"),
-        ("PATCH", "/drives/rootfs", Some("{}"), "not implemented"),
+        ("PATCH", "/drives/rootfs", Some("{}"), "drive_id"),
+        (
+            "PATCH",
+            "/network-interfaces/eth9",
+            Some(r#"{"iface_id":"eth9"}"#),
+            "eth9",
+        ),
         (
             "PUT",
             "/drives/rootfs",

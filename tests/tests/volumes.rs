@@ -185,7 +185,10 @@ fn changes_on_the_host_reach_a_running_container() {
         assert!(start.elapsed() < Duration::from_secs(120), "never ran");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::fs::write(vol.join("ready"), "now\n").unwrap();
+    // Written aside and renamed: the container must not see the file
+    // before its content.
+    std::fs::write(vol.join("ready.tmp"), "now\n").unwrap();
+    std::fs::rename(vol.join("ready.tmp"), vol.join("ready")).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(text(&out.stdout), "now\n", "{}", text(&out.stderr));
 }

@@ -161,7 +161,7 @@ fn attach_virtio_devices(
         )?;
     }
     for n in &config.network_interfaces {
-        let net = Net::new(&n.iface_id, &n.host_dev_name, n.guest_mac.as_deref())?;
+        let net = Net::new(n)?;
         add(&n.iface_id, DeviceHandle::Net(Arc::new(Mutex::new(net))))?;
     }
     if let Some(v) = &config.vsock {

@@ -78,6 +78,14 @@ pub enum ConfigError {
     /// A field has a value outside its set.
     #[error("{0} has an unsupported value")]
     BadValue(&'static str),
+    /// A rate limiter's refill period is too long.
+    #[error("{field}: refill_time must be at most {MAX_REFILL_TIME_MS} ms, got {got}")]
+    RefillTime {
+        /// The limiter.
+        field: &'static str,
+        /// Value given.
+        got: u64,
+    },
 }
 
 /// Most drives one VM may have (interrupt lines are shared with other devices).
@@ -180,6 +188,81 @@ impl MachineConfig {
     }
 }
 
+/// Longest refill period accepted for a token bucket, in milliseconds.
+pub const MAX_REFILL_TIME_MS: u64 = 3_600_000;
+
+/// One token bucket of a rate limiter, in Firecracker's schema: `size`
+/// tokens (bytes or operations) refilled evenly over `refill_time`
+/// milliseconds, plus `one_time_burst` tokens spent first and never
+/// refilled. A zero `size` or `refill_time` sets no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    /// Tokens per refill period (and the bucket's capacity).
+    pub size: u64,
+    /// Extra tokens usable once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Refill period in milliseconds.
+    pub refill_time: u64,
+}
+
+/// A device's rate limiter: a bandwidth bucket (bytes) and an operations
+/// bucket (requests or frames), each optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    /// Operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+impl RateLimiterConfig {
+    /// Checks the refill periods; `field` names the limiter in the error.
+    pub fn validate(&self, field: &'static str) -> Result<(), ConfigError> {
+        for bucket in [&self.bandwidth, &self.ops].into_iter().flatten() {
+            if bucket.refill_time > MAX_REFILL_TIME_MS {
+                return Err(ConfigError::RefillTime {
+                    field,
+                    got: bucket.refill_time,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Body of `PATCH /drives/{drive_id}`: what may change once the VM runs.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    /// The drive.
+    pub drive_id: String,
+    /// A new backing file (refused: not implemented).
+    #[serde(default)]
+    pub path_on_host: Option<PathBuf>,
+    /// New rate limits (all of them: a bucket left out is no longer limited).
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Body of `PATCH /network-interfaces/{iface_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    /// The interface.
+    pub iface_id: String,
+    /// New receive limits; left out, they stay.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// New transmit limits; left out, they stay.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
 /// Longest drive ID (the virtio-blk serial is 20 bytes).
 pub const MAX_DRIVE_ID_LEN: usize = 20;
 
@@ -205,9 +288,9 @@ pub struct DriveConfig {
     /// `Sync` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
-    /// Not supported yet.
+    /// Bandwidth and request-rate limits; `PATCH` changes them later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl DriveConfig {
@@ -234,8 +317,8 @@ impl DriveConfig {
             Some("Async") => return Err(ConfigError::NotImplemented("drives[].io_engine = Async")),
             Some(_) => return Err(ConfigError::BadValue("drives[].io_engine")),
         }
-        if self.rate_limiter.is_some() {
-            return Err(ConfigError::NotImplemented("drives[].rate_limiter"));
+        if let Some(r) = &self.rate_limiter {
+            r.validate("drives[].rate_limiter")?;
         }
         Ok(())
     }
@@ -252,12 +335,12 @@ pub struct NetworkInterfaceConfig {
     /// MAC address the guest gets, `aa:bb:cc:dd:ee:ff`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Not supported yet.
+    /// Limits on what the guest receives; `PATCH` changes them later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<serde_json::Value>,
-    /// Not supported yet.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends; `PATCH` changes them later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl NetworkInterfaceConfig {
@@ -277,10 +360,11 @@ impl NetworkInterfaceConfig {
                 return Err(ConfigError::BadValue("network-interfaces[].guest_mac"));
             }
         }
-        if self.rx_rate_limiter.is_some() || self.tx_rate_limiter.is_some() {
-            return Err(ConfigError::NotImplemented(
-                "network-interfaces[] rate limiters",
-            ));
+        if let Some(r) = &self.rx_rate_limiter {
+            r.validate("network-interfaces[].rx_rate_limiter")?;
+        }
+        if let Some(r) = &self.tx_rate_limiter {
+            r.validate("network-interfaces[].tx_rate_limiter")?;
         }
         Ok(())
     }
@@ -321,9 +405,9 @@ impl VsockConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
-    /// Not supported yet.
+    /// Not supported yet (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `fs`: a virtio-fs device whose back end is a vhost-user daemon (such as

@@ -19,6 +19,8 @@ pub mod device_manager;
 pub mod devices;
 pub mod logger;
 pub mod metrics;
+pub mod rate_limiter;
+pub mod seccomp;
 pub mod uds;
 pub mod vstate;
 
@@ -51,6 +53,9 @@ pub const EXIT_GUEST_PANIC: i32 = 4;
 pub const EXIT_INTERNAL_ERROR: i32 = 5;
 /// Exit code: KVM entry failure or a guest crash event.
 pub const EXIT_GUEST_CRASH: i32 = 6;
+/// Exit code: a thread made a system call its seccomp filter does not allow
+/// (the number Firecracker uses for the same).
+pub const EXIT_SECCOMP: i32 = 148;
 
 /// Errors of the VMM thread.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,9 @@ pub enum VmmError {
     /// A vCPU did not follow a state change.
     #[error(transparent)]
     Vcpu(#[from] vstate::vcpu::VcpuError),
+    /// The VMM thread could not be filtered.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The vCPUs were asked to run before the VM was built.
     #[error("the microVM has not been built")]
     NotBuilt,
@@ -187,9 +195,11 @@ impl Vmm {
             .add_subscriber(Arc::new(Mutex::new(Waker(wake))));
     }
 
-    /// Builds and starts the VM from the current configuration.
+    /// Builds and starts the VM from the current configuration; the VMM
+    /// thread is filtered (when seccomp is enabled) between the two.
     pub fn start(&mut self) -> Result<(), VmmError> {
         self.build()?;
+        seccomp::install(seccomp::ThreadKind::Vmm)?;
         self.run_vcpus()
     }
 
@@ -284,6 +294,9 @@ impl Vmm {
             )),
             VmmAction::GetMetrics => Ok(VmmData::Json(metrics::snapshot())),
             VmmAction::PutMetrics(path) => {
+                // The file is opened now: once the VM runs, the VMM thread
+                // may open no file.
+                self.not_after_start("metrics")?;
                 metrics::set_path(&path).map_err(|e| {
                     ActionError::bad_request(format!("metrics: {}: {e}", path.display()))
                 })?;
@@ -346,6 +359,8 @@ impl Vmm {
             VmmAction::PutFs(f) => self.change_devices("fs", |c| {
                 replace_or_add(&mut c.fs, f, |o, n| o.tag == n.tag);
             }),
+            VmmAction::PatchDrive(u) => self.patch_drive(u),
+            VmmAction::PatchNetworkInterface(u) => self.patch_network_interface(u),
             VmmAction::InstanceStart => {
                 if self.vm.is_some() {
                     return Err(ActionError::bad_request("the microVM is already started"));
@@ -407,6 +422,83 @@ impl Vmm {
 
 /// Replaces the entry of `list` that `same` matches with `new`, or appends
 /// it: a device put again before the start is updated in place.
+impl Vmm {
+    /// `PATCH /drives/{id}`: new rate limits for the drive's device (if
+    /// the VM runs) and its configuration.
+    fn patch_drive(&mut self, u: config::DriveUpdate) -> ActionResult {
+        let bad = |m: String| ActionError::bad_request(m);
+        if u.path_on_host.is_some() {
+            return Err(bad(
+                "not implemented: drives: changing path_on_host of a drive".into(),
+            ));
+        }
+        if let Some(r) = &u.rate_limiter {
+            r.validate("drives.rate_limiter")
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let Some(drive) = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == u.drive_id)
+        else {
+            return Err(bad(format!("drives: no drive {:?}", u.drive_id)));
+        };
+        let Some(limits) = u.rate_limiter else {
+            return Ok(VmmData::Empty);
+        };
+        if let Some(vm) = &self.vm {
+            if let Some(device_manager::DeviceHandle::Block(b)) =
+                vm.devices.get(&u.drive_id).map(|d| &d.handle)
+            {
+                devices::bus::lock(b).update_rate_limiter(Some(&limits));
+            }
+        }
+        drive.rate_limiter = Some(limits);
+        Ok(VmmData::Empty)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: new rate limits for the
+    /// interface's device (if the VM runs) and its configuration.
+    fn patch_network_interface(&mut self, u: config::NetworkInterfaceUpdate) -> ActionResult {
+        let bad = |m: String| ActionError::bad_request(m);
+        for (r, field) in [
+            (&u.rx_rate_limiter, "network-interfaces.rx_rate_limiter"),
+            (&u.tx_rate_limiter, "network-interfaces.tx_rate_limiter"),
+        ] {
+            if let Some(r) = r {
+                r.validate(field).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let Some(iface) = self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == u.iface_id)
+        else {
+            return Err(bad(format!(
+                "network-interfaces: no interface {:?}",
+                u.iface_id
+            )));
+        };
+        if let Some(vm) = &self.vm {
+            if let Some(device_manager::DeviceHandle::Net(n)) =
+                vm.devices.get(&u.iface_id).map(|d| &d.handle)
+            {
+                devices::bus::lock(n)
+                    .update_rate_limiters(u.rx_rate_limiter.as_ref(), u.tx_rate_limiter.as_ref());
+            }
+        }
+        if u.rx_rate_limiter.is_some() {
+            iface.rx_rate_limiter = u.rx_rate_limiter;
+        }
+        if u.tx_rate_limiter.is_some() {
+            iface.tx_rate_limiter = u.tx_rate_limiter;
+        }
+        Ok(VmmData::Empty)
+    }
+}
+
 fn replace_or_add<T>(list: &mut Vec<T>, new: T, same: impl Fn(&T, &T) -> bool) {
     match list.iter().position(|o| same(o, &new)) {
         Some(i) => list[i] = new,

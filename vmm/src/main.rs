@@ -37,6 +37,10 @@ struct Args {
     /// line when the VM ends and on `FlushMetrics`.
     #[arg(long, value_name = "PATH")]
     metrics_path: Option<PathBuf>,
+    /// Run without seccomp filters (for debugging only: the filters are
+    /// what keeps a guest that breaks the VMM from reaching the host).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Log level: error, warn, info, debug, trace (or HUSK_VMM_LOG).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -65,6 +69,12 @@ fn main() -> ExitCode {
                 EXIT_BAD_CONFIG,
                 format!("cannot open metrics file {}: {e}", path.display()),
             );
+        }
+    }
+
+    if !args.no_seccomp {
+        if let Err(e) = vmm::seccomp::enable() {
+            return fail(EXIT_VMM_ERROR, e);
         }
     }
 

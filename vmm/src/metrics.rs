@@ -6,8 +6,9 @@
 //! to the metrics file (`--metrics-path` or `PUT /metrics`) on
 //! `FlushMetrics` and when the VM ends.
 
+use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -127,22 +128,23 @@ pub fn snapshot() -> serde_json::Value {
     })
 }
 
-/// Where `FlushMetrics` and the end of the VM write the metrics.
-static METRICS_PATH: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// Where `FlushMetrics` and the end of the VM write the metrics: opened
+/// once, before the VM runs (a filtered VMM thread opens no files).
+static METRICS_FILE: Mutex<Option<File>> = Mutex::new(None);
 
 /// Sets the metrics file (created if missing, appended to).
 pub fn set_path(path: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    *METRICS_PATH.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.to_path_buf());
+    *METRICS_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
     Ok(())
 }
 
 /// Whether a metrics file is set.
 pub fn has_path() -> bool {
-    METRICS_PATH
+    METRICS_FILE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .is_some()
@@ -151,12 +153,10 @@ pub fn has_path() -> bool {
 /// Appends one JSON line of [`snapshot`] to the metrics file, if one is
 /// set.
 pub fn flush() -> std::io::Result<()> {
-    let path = METRICS_PATH
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let Some(path) = path else { return Ok(()) };
-    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    let mut file = METRICS_FILE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(f) = file.as_mut() else {
+        return Ok(());
+    };
     f.write_all(format!("{}\n", snapshot()).as_bytes())
 }
 

@@ -10,6 +10,12 @@
 //! overhead_mib = 64          # added to a spec's memory limit
 //! rootfs_format = "erofs"    # or "ext4"
 //! rootfs = "auto"            # or "block", "virtio-fs"
+//!
+//! [io_limits]                # per drive / network device; absent or 0: none
+//! disk_bytes_per_sec = 104857600
+//! disk_ops_per_sec = 5000
+//! net_rx_bytes_per_sec = 125000000
+//! net_tx_bytes_per_sec = 125000000
 //! ```
 
 use std::collections::HashMap;
@@ -17,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::hypervisor::Choice;
+use crate::hypervisor::{Choice, IoLimits};
 use crate::rootfs::{Delivery, ImageFormat};
 
 /// Where the configuration is read from unless `HUSK_CONFIG` (or the
@@ -35,6 +41,14 @@ pub const ANNOTATION_MEMORY: &str = "io.husk.memory_mib";
 pub const ANNOTATION_HYPERVISOR: &str = "io.husk.hypervisor";
 /// Annotation overriding how the root file system is delivered.
 pub const ANNOTATION_ROOTFS: &str = "io.husk.rootfs";
+/// Annotation overriding `io_limits.disk_bytes_per_sec` (0: no limit).
+pub const ANNOTATION_DISK_BYTES: &str = "io.husk.disk_bytes_per_sec";
+/// Annotation overriding `io_limits.disk_ops_per_sec` (0: no limit).
+pub const ANNOTATION_DISK_OPS: &str = "io.husk.disk_ops_per_sec";
+/// Annotation overriding `io_limits.net_rx_bytes_per_sec` (0: no limit).
+pub const ANNOTATION_NET_RX_BYTES: &str = "io.husk.net_rx_bytes_per_sec";
+/// Annotation overriding `io_limits.net_tx_bytes_per_sec` (0: no limit).
+pub const ANNOTATION_NET_TX_BYTES: &str = "io.husk.net_tx_bytes_per_sec";
 
 /// Most vCPUs a sandbox gets.
 pub const MAX_VCPUS: u8 = 32;
@@ -115,6 +129,8 @@ pub struct HuskConfig {
     /// How root file systems reach the guest.
     #[serde(deserialize_with = "delivery")]
     pub rootfs: Delivery,
+    /// Rate limits on every sandbox's drives and network devices.
+    pub io_limits: IoLimits,
 }
 
 fn choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Choice, D::Error> {
@@ -143,6 +159,7 @@ impl Default for HuskConfig {
             overhead_mib: 64,
             rootfs_format: ImageFormat::default(),
             rootfs: Delivery::default(),
+            io_limits: IoLimits::default(),
         }
     }
 }
@@ -216,6 +233,8 @@ pub struct Sizing {
     pub hypervisor: Choice,
     /// Root file system delivery.
     pub rootfs: Delivery,
+    /// Rate limits on the drives and network devices.
+    pub io_limits: IoLimits,
 }
 
 /// Sizes a sandbox for a spec with the given cpu quota/period and memory
@@ -231,6 +250,7 @@ pub fn sizing(
         memory_mib: cfg.memory_mib,
         hypervisor: cfg.hypervisor,
         rootfs: cfg.rootfs,
+        io_limits: cfg.io_limits,
     };
     if let Some((quota, period)) = cpu {
         if quota > 0 && period > 0 {
@@ -267,6 +287,20 @@ pub fn sizing(
         s.rootfs = v
             .parse()
             .map_err(|_| invalid(ANNOTATION_ROOTFS, v, "is not auto, block or virtio-fs"))?;
+    }
+    let limits = &mut s.io_limits;
+    for (key, field) in [
+        (ANNOTATION_DISK_BYTES, &mut limits.disk_bytes_per_sec),
+        (ANNOTATION_DISK_OPS, &mut limits.disk_ops_per_sec),
+        (ANNOTATION_NET_RX_BYTES, &mut limits.net_rx_bytes_per_sec),
+        (ANNOTATION_NET_TX_BYTES, &mut limits.net_tx_bytes_per_sec),
+    ] {
+        if let Some(v) = annotations.get(key) {
+            let n: u64 = v
+                .parse()
+                .map_err(|_| invalid(key, v, "is not a whole number (0: no limit)"))?;
+            *field = (n > 0).then_some(n);
+        }
     }
     Ok(s)
 }
@@ -321,5 +355,45 @@ mod tests {
         ann.insert(ANNOTATION_ROOTFS.to_string(), "nfs".to_string());
         let e = sizing(&cfg, None, None, &ann).unwrap_err().to_string();
         assert_eq!(e, "io.husk.rootfs: \"nfs\" is not auto, block or virtio-fs");
+    }
+
+    #[test]
+    fn io_limits_come_from_the_file_then_annotations() {
+        let dir = std::env::temp_dir().join(format!("husk-config-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            "[io_limits]\ndisk_bytes_per_sec = 1048576\nnet_tx_bytes_per_sec = 500\n",
+        )
+        .unwrap();
+        let cfg = HuskConfig::load(&path).unwrap();
+        assert_eq!(cfg.io_limits.disk_bytes_per_sec, Some(1 << 20));
+        assert_eq!(cfg.io_limits.disk_ops_per_sec, None);
+        std::fs::write(&path, "[io_limits]\ndisk_bps = 1\n").unwrap();
+        let e = HuskConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("disk_bps"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let mut ann = HashMap::new();
+        ann.insert(ANNOTATION_DISK_BYTES.to_string(), "0".to_string());
+        ann.insert(ANNOTATION_DISK_OPS.to_string(), "200".to_string());
+        ann.insert(ANNOTATION_NET_RX_BYTES.to_string(), "1000".to_string());
+        let s = sizing(&cfg, None, None, &ann).unwrap();
+        assert_eq!(
+            s.io_limits,
+            IoLimits {
+                disk_bytes_per_sec: None,
+                disk_ops_per_sec: Some(200),
+                net_rx_bytes_per_sec: Some(1000),
+                net_tx_bytes_per_sec: Some(500),
+            }
+        );
+        ann.insert(ANNOTATION_NET_TX_BYTES.to_string(), "-1".to_string());
+        let e = sizing(&cfg, None, None, &ann).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "io.husk.net_tx_bytes_per_sec: \"-1\" is not a whole number (0: no limit)"
+        );
     }
 }

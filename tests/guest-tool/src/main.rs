@@ -75,8 +75,28 @@ fn check(ret: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (a `timeval`, 64-bit here), at level
+/// `AF_VSOCK`.
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+
 fn vsock_connect(cid: u32, port: u32) -> std::io::Result<Vsock> {
     let fd = vsock_socket()?;
+    // Linux gives a vsock connect 2 s by default; 64 at once through an
+    // emulated machine can take longer to be answered.
+    let timeout = libc::timeval {
+        tv_sec: 60,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt(2) with a timeval of the size passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            std::ptr::addr_of!(timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
     let addr = vsock_addr(cid, port);
     // SAFETY: `addr` is a valid sockaddr_vm of the size passed.
     check(unsafe {
@@ -171,13 +191,34 @@ fn tcp_listen() -> Result<(), String> {
     }
 }
 
-/// Waits until the peer has read the whole reply and closed: the reply
-/// may still sit in this socket's send buffer when `answer` returns, and
-/// whoever runs this tool may end the machine as soon as it reports.
+/// Waits until the peer has the whole reply and has closed: the reply
+/// may still sit in this socket's send buffer when `answer` returns (the
+/// peer may have shut down its side long before), and whoever runs this
+/// tool may end the machine as soon as it reports.
 fn linger(s: &std::net::TcpStream) -> Result<(), String> {
     use std::io::Read;
     s.shutdown(std::net::Shutdown::Write)
         .map_err(|e| format!("shut down writing: {e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) stores the bytes not yet acknowledged
+        // by the peer in `queued`, which outlives the call.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if r != 0 {
+            return Err(format!(
+                "bytes not yet acknowledged: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if queued == 0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{queued} bytes still unacknowledged after 300 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     s.set_read_timeout(Some(std::time::Duration::from_secs(300)))
         .map_err(|e| format!("read time-out: {e}"))?;
     let mut buf = [0u8; 512];

@@ -12,8 +12,8 @@ pub mod server;
 use std::sync::mpsc::Sender;
 
 use crate::config::{
-    BootSourceConfig, DriveConfig, EntropyConfig, FsConfig, MachineConfig, NetworkInterfaceConfig,
-    VsockConfig,
+    BootSourceConfig, DriveConfig, DriveUpdate, EntropyConfig, FsConfig, MachineConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, VsockConfig,
 };
 
 /// What a client asks of the VMM.
@@ -50,6 +50,12 @@ pub enum VmmAction {
     PutEntropy(EntropyConfig),
     /// `PUT /fs/{tag}` (before the start; husk's addition).
     PutFs(FsConfig),
+    /// `PATCH /drives/{drive_id}`: new rate limits, before or after the
+    /// start.
+    PatchDrive(DriveUpdate),
+    /// `PATCH /network-interfaces/{iface_id}`: new rate limits, before or
+    /// after the start.
+    PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /actions` `InstanceStart`
     InstanceStart,
     /// `PUT /actions` `SendCtrlAltDel`

@@ -4,8 +4,8 @@ use serde::Deserialize;
 
 use super::{ActionError, VmmAction};
 use crate::config::{
-    BootSourceConfig, DriveConfig, EntropyConfig, FsConfig, MachineConfig, NetworkInterfaceConfig,
-    VsockConfig,
+    BootSourceConfig, DriveConfig, DriveUpdate, EntropyConfig, FsConfig, MachineConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, VsockConfig,
 };
 
 #[derive(Deserialize)]
@@ -122,6 +122,24 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ActionE
                 &f.tag
             })?))
         }
+        ("PATCH", _) if path.starts_with("/drives/") => {
+            let id = &path["/drives/".len()..];
+            Ok(VmmAction::PatchDrive(named(
+                "drives",
+                id,
+                body,
+                |d: &DriveUpdate| &d.drive_id,
+            )?))
+        }
+        ("PATCH", _) if path.starts_with("/network-interfaces/") => {
+            let id = &path["/network-interfaces/".len()..];
+            Ok(VmmAction::PatchNetworkInterface(named(
+                "network-interfaces",
+                id,
+                body,
+                |n: &NetworkInterfaceUpdate| &n.iface_id,
+            )?))
+        }
         ("PUT", "/drives" | "/network-interfaces" | "/fs") => {
             Err(ActionError::bad_request(format!(
                 "{}: the path must name the device: PUT {path}/<id>",
@@ -237,7 +255,17 @@ mod tests {
         let e = parse("PUT", "/drives", br#"{"drive_id":"x"}"#).unwrap_err();
         assert!(e.message.contains("PUT /drives/<id>"), "{}", e.message);
         let e = parse("PATCH", "/drives/rootfs", b"{}").unwrap_err();
-        assert_eq!(e.message, "not implemented: PATCH /drives/rootfs");
+        assert!(e.message.contains("drive_id"), "{}", e.message);
+        let e = parse("PATCH", "/fs/vol0", b"{}").unwrap_err();
+        assert_eq!(e.message, "not implemented: PATCH /fs/vol0");
+        assert!(matches!(
+            parse(
+                "PATCH",
+                "/network-interfaces/eth0",
+                br#"{"iface_id":"eth0","tx_rate_limiter":{"ops":{"size":5,"refill_time":100}}}"#
+            ),
+            Ok(VmmAction::PatchNetworkInterface(_))
+        ));
         let e = parse("PUT", "/balloon", b"{}").unwrap_err();
         assert!(e.message.starts_with("not implemented"));
         let e = parse("PUT", "/boot-source", b"{not json").unwrap_err();

@@ -122,6 +122,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Api);
             for stream in listener.incoming() {
                 match stream {
                     Ok(s) => serve_connection(s, &to_vmm, &wake),

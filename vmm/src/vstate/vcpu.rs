@@ -220,6 +220,8 @@ impl Vcpu {
     }
 
     fn thread_main(mut self, events: Receiver<VcpuEvent>, responses: Sender<VcpuResponse>) {
+        // Paused until the first Resume: filtered before any guest code runs.
+        crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Vcpu);
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
         let mut unhandled = RateLimiter::new(10, Duration::from_secs(5));

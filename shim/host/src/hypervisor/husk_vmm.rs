@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::{Backend, HypervisorError, KvmKind, Vm, VmSpec, create_file, find_program};
+use super::{Backend, HypervisorError, IoLimits, KvmKind, Vm, VmSpec, create_file, find_program};
 
 /// What PVM hosts need on the kernel command line: PVM's CPUID reports
 /// features its instruction emulator cannot run.
@@ -27,41 +27,7 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
     if super::kvm_kind() == KvmKind::Pvm {
         cmdline = format!("{cmdline} {PVM_CMDLINE}");
     }
-    let drives: Vec<serde_json::Value> = spec
-        .drives
-        .iter()
-        .map(|d| {
-            serde_json::json!({
-                "drive_id": d.id,
-                "path_on_host": d.path,
-                "is_root_device": false,
-                "is_read_only": d.read_only,
-            })
-        })
-        .collect();
-    let nics: Vec<serde_json::Value> = spec
-        .nics
-        .iter()
-        .enumerate()
-        .map(|(n, nic)| {
-            serde_json::json!({
-                "iface_id": format!("net{n}"),
-                "host_dev_name": nic.tap,
-                "guest_mac": nic.mac,
-            })
-        })
-        .collect();
-    let mut config = serde_json::json!({
-        "boot-source": {
-            "kernel_image_path": spec.kernel,
-            "initrd_path": spec.initrd,
-            "boot_args": cmdline,
-        },
-        "machine-config": {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib},
-        "drives": drives,
-        "network-interfaces": nics,
-        "vsock": {"guest_cid": 3, "uds_path": vsock},
-    });
+    let mut config = vm_config(spec, &cmdline, &vsock);
     let mut helpers = super::Helpers::default();
     if let Some(shared) = &spec.shared_dir {
         let socket = dir.join("fs.sock");
@@ -100,4 +66,115 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
         vsock,
         console,
     })
+}
+
+/// husk-vmm's configuration (Firecracker's schema) for `spec`, without the
+/// virtio-fs device (which needs its daemon first).
+fn vm_config(spec: &VmSpec, cmdline: &str, vsock: &Path) -> serde_json::Value {
+    let drives: Vec<serde_json::Value> = spec
+        .drives
+        .iter()
+        .map(|d| {
+            let mut drive = serde_json::json!({
+                "drive_id": d.id,
+                "path_on_host": d.path,
+                "is_root_device": false,
+                "is_read_only": d.read_only,
+            });
+            let limits = &spec.io_limits;
+            if let Some(l) =
+                IoLimits::rate_limiter(limits.disk_bytes_per_sec, limits.disk_ops_per_sec)
+            {
+                drive["rate_limiter"] = l;
+            }
+            drive
+        })
+        .collect();
+    let nics: Vec<serde_json::Value> = spec
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(n, nic)| {
+            let mut iface = serde_json::json!({
+                "iface_id": format!("net{n}"),
+                "host_dev_name": nic.tap,
+                "guest_mac": nic.mac,
+            });
+            let limits = &spec.io_limits;
+            if let Some(l) = IoLimits::rate_limiter(limits.net_rx_bytes_per_sec, None) {
+                iface["rx_rate_limiter"] = l;
+            }
+            if let Some(l) = IoLimits::rate_limiter(limits.net_tx_bytes_per_sec, None) {
+                iface["tx_rate_limiter"] = l;
+            }
+            iface
+        })
+        .collect();
+    serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": spec.kernel,
+            "initrd_path": spec.initrd,
+            "boot_args": cmdline,
+        },
+        "machine-config": {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib},
+        "drives": drives,
+        "network-interfaces": nics,
+        "vsock": {"guest_cid": 3, "uds_path": vsock},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{Drive, IoLimits};
+
+    #[test]
+    fn io_limits_become_rate_limiters_on_every_drive() {
+        let mut spec = VmSpec {
+            kernel: "k".into(),
+            initrd: "i".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            drives: vec![Drive {
+                id: "root".into(),
+                path: "r.img".into(),
+                read_only: true,
+            }],
+            ..VmSpec::default()
+        };
+        let plain = vm_config(&spec, "console=ttyS0", Path::new("v.sock"));
+        assert!(plain["drives"][0].get("rate_limiter").is_none(), "{plain}");
+        spec.io_limits = IoLimits {
+            disk_bytes_per_sec: Some(1 << 20),
+            disk_ops_per_sec: Some(100),
+            ..IoLimits::default()
+        };
+        let limited = vm_config(&spec, "console=ttyS0", Path::new("v.sock"));
+        assert_eq!(
+            limited["drives"][0]["rate_limiter"],
+            serde_json::json!({
+                "bandwidth": {"size": 1 << 20, "refill_time": 1000},
+                "ops": {"size": 100, "refill_time": 1000},
+            })
+        );
+        assert!(limited["network-interfaces"].as_array().unwrap().is_empty());
+        spec.nics = vec![crate::network::Nic {
+            tap: "tap0".into(),
+            mac: "06:00:00:00:00:01".into(),
+        }];
+        spec.io_limits.net_tx_bytes_per_sec = Some(4096);
+        let net = vm_config(&spec, "console=ttyS0", Path::new("v.sock"));
+        let iface = &net["network-interfaces"][0];
+        assert!(iface.get("rx_rate_limiter").is_none(), "{iface}");
+        assert_eq!(
+            iface["tx_rate_limiter"],
+            serde_json::json!({"bandwidth": {"size": 4096, "refill_time": 1000}})
+        );
+        // Zero means no limit.
+        assert!(IoLimits::rate_limiter(Some(0), None).is_none());
+        assert_eq!(
+            IoLimits::rate_limiter(None, Some(5)),
+            Some(serde_json::json!({"ops": {"size": 5, "refill_time": 1000}}))
+        );
+    }
 }

@@ -150,6 +150,44 @@ pub struct Drive {
     pub read_only: bool,
 }
 
+/// Per-second limits on a VM's I/O, each `None` for no limit: what a
+/// tenant's drives and network devices may move (husk-vmm's token-bucket
+/// rate limiters, refilled every second; QEMU's block throttling).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IoLimits {
+    /// Bytes per second read and written, per drive.
+    pub disk_bytes_per_sec: Option<u64>,
+    /// Requests per second, per drive.
+    pub disk_ops_per_sec: Option<u64>,
+    /// Bytes per second into the guest, per network device.
+    pub net_rx_bytes_per_sec: Option<u64>,
+    /// Bytes per second out of the guest, per network device.
+    pub net_tx_bytes_per_sec: Option<u64>,
+}
+
+impl IoLimits {
+    /// husk-vmm's `rate_limiter` object for a bandwidth and an operations
+    /// rate (either may be absent); `None` when neither is set.
+    pub fn rate_limiter(bytes: Option<u64>, ops: Option<u64>) -> Option<serde_json::Value> {
+        let bucket = |per_sec: u64| serde_json::json!({"size": per_sec, "refill_time": 1000});
+        let mut limiter = serde_json::Map::new();
+        if let Some(b) = bytes.filter(|b| *b > 0) {
+            limiter.insert("bandwidth".into(), bucket(b));
+        }
+        if let Some(o) = ops.filter(|o| *o > 0) {
+            limiter.insert("ops".into(), bucket(o));
+        }
+        (!limiter.is_empty()).then_some(serde_json::Value::Object(limiter))
+    }
+
+    /// Whether a network limit is set.
+    pub fn limits_network(&self) -> bool {
+        self.net_rx_bytes_per_sec.is_some_and(|v| v > 0)
+            || self.net_tx_bytes_per_sec.is_some_and(|v| v > 0)
+    }
+}
+
 /// What to boot.
 #[derive(Clone, Debug, Default)]
 pub struct VmSpec {
@@ -173,6 +211,8 @@ pub struct VmSpec {
     pub shared_dir: Option<PathBuf>,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
+    /// Rate limits on the drives and network devices.
+    pub io_limits: IoLimits,
 }
 
 /// Kernel command line of every husk guest; the backend adds how the

@@ -10,6 +10,11 @@ use std::process::{Command, Stdio};
 use super::{HypervisorError, KvmKind, Vm, VmSpec, create_file, find_program, spawn_helper};
 
 pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
+    if spec.io_limits.limits_network() {
+        return Err(HypervisorError::Unsupported(
+            "not implemented: network rate limits on the qemu backend (husk-vmm has them)".into(),
+        ));
+    }
     let qemu =
         find_program("qemu-system-x86_64", "HUSK_QEMU").ok_or(HypervisorError::MissingProgram {
             program: "qemu-system-x86_64",
@@ -81,8 +86,18 @@ pub(super) fn boot(dir: &Path, spec: &VmSpec) -> Result<Vm, HypervisorError> {
             )));
         }
         let ro = if d.read_only { ",read-only=on" } else { "" };
+        let mut throttle = String::new();
+        if let Some(b) = spec.io_limits.disk_bytes_per_sec.filter(|b| *b > 0) {
+            throttle.push_str(&format!(",throttling.bps-total={b}"));
+        }
+        if let Some(o) = spec.io_limits.disk_ops_per_sec.filter(|o| *o > 0) {
+            throttle.push_str(&format!(",throttling.iops-total={o}"));
+        }
         cmd.arg("-drive")
-            .arg(format!("id={},file={path},format=raw,if=none{ro}", d.id))
+            .arg(format!(
+                "id={},file={path},format=raw,if=none{ro}{throttle}",
+                d.id
+            ))
             .arg("-device")
             .arg(format!("virtio-blk-device,drive={},serial={}", d.id, d.id));
     }

@@ -258,6 +258,7 @@ pub fn boot_sandbox(
         nics,
         shared_dir: share.as_ref().map(ShareRoot::root),
         extra_cmdline: String::new(),
+        io_limits: plan.size.io_limits,
     };
     let backend = plan.size.hypervisor.resolve();
     let boot_started = Instant::now();

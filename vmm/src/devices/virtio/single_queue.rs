@@ -62,10 +62,16 @@ pub trait SingleQueueDevice {
     fn queue_registered(&mut self) -> &mut bool;
     /// Serves the queue; returns whether anything was completed.
     fn process_queue(&mut self) -> bool;
+    /// The device's rate limiter, if it has one: its timer is watched
+    /// with the queue, and the queue served again when it fires.
+    fn rate_limiter(&mut self) -> Option<&mut crate::rate_limiter::RateLimiter> {
+        None
+    }
 }
 
 const ACTIVATE: u32 = 0;
 const QUEUE: u32 = 1;
+const LIMITER: u32 = 2;
 
 /// `MutEventSubscriber::process` of a single-queue device.
 pub fn process<D: SingleQueueDevice>(dev: &mut D, events: Events, ops: &mut EventOps) {
@@ -76,7 +82,14 @@ pub fn process<D: SingleQueueDevice>(dev: &mut D, events: Events, ops: &mut Even
                 return;
             };
             if !*dev.queue_registered() {
-                match ops.add(Events::with_data_raw(evt, QUEUE, EventSet::IN)) {
+                let timer = dev.rate_limiter().map(|l| l.as_raw_fd());
+                let added = ops
+                    .add(Events::with_data_raw(evt, QUEUE, EventSet::IN))
+                    .and_then(|()| match timer {
+                        Some(fd) => ops.add(Events::with_data_raw(fd, LIMITER, EventSet::IN)),
+                        None => Ok(()),
+                    });
+                match added {
                     Ok(()) => *dev.queue_registered() = true,
                     Err(e) => log::error!("{}: cannot watch the queue: {e:?}", dev.label()),
                 }
@@ -87,6 +100,14 @@ pub fn process<D: SingleQueueDevice>(dev: &mut D, events: Events, ops: &mut Even
         QUEUE => {
             if let Some(active) = dev.active_queue() {
                 let _ = active.evt.read();
+                dev.process_queue();
+            }
+        }
+        LIMITER => {
+            if let Some(limiter) = dev.rate_limiter() {
+                limiter.on_timer();
+            }
+            if dev.active_queue().is_some() {
                 dev.process_queue();
             }
         }

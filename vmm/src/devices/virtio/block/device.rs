@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -64,6 +64,15 @@ pub enum BlockError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The rate limiter could not be set up.
+    #[error("drive {id}: {source}")]
+    RateLimiter {
+        /// Drive ID.
+        id: String,
+        /// Underlying error.
+        #[source]
+        source: crate::rate_limiter::RateLimiterError,
+    },
 }
 
 /// Counters of one block device.
@@ -95,6 +104,8 @@ pub struct Block {
     buf: Vec<u8>,
     /// Counters.
     pub counters: BlockCounters,
+    /// Bandwidth and request limits (`rate_limiter` of the drive).
+    pub(super) limiter: crate::rate_limiter::RateLimiter,
 }
 
 impl std::fmt::Debug for Block {
@@ -173,12 +184,29 @@ impl Block {
             warn: RateLimiter::new(10, Duration::from_secs(5)),
             buf: Vec::new(),
             counters: BlockCounters::default(),
+            limiter: crate::rate_limiter::RateLimiter::new(cfg.rate_limiter.as_ref()).map_err(
+                |source| BlockError::RateLimiter {
+                    id: cfg.drive_id.clone(),
+                    source,
+                },
+            )?,
         })
     }
 
     /// The drive ID.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Replaces the rate limits (`PATCH /drives/{id}`); what waited under
+    /// the old ones is served on the event loop.
+    pub fn update_rate_limiter(&mut self, config: Option<&crate::config::RateLimiterConfig>) {
+        self.limiter.update(config);
+    }
+
+    /// How many requests had to wait for the rate limiter.
+    pub fn throttled(&self) -> u64 {
+        self.limiter.throttled()
     }
 
     fn execute(&mut self, req: &Request, mem: &GuestMemoryMmap) -> (u8, u32) {
@@ -247,11 +275,19 @@ impl Block {
             return false;
         };
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        while !self.limiter.is_blocked() {
+            let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
+                break;
+            };
             let head = chain.head_index();
             let (status, status_addr, len) =
                 match Request::parse(chain, &active.mem, self.capacity_sectors) {
                     Ok(req) => {
+                        if !self.limiter.consume(req.data_len) {
+                            // Served when the limiter's timer fires.
+                            active.queue.go_to_previous_position();
+                            break;
+                        }
                         let (status, len) = self.execute(&req, &active.mem);
                         (status, Some(req.status), len)
                     }

@@ -22,6 +22,9 @@ impl SingleQueueDevice for Block {
     fn process_queue(&mut self) -> bool {
         Block::process_queue(self)
     }
+    fn rate_limiter(&mut self) -> Option<&mut crate::rate_limiter::RateLimiter> {
+        Some(&mut self.limiter)
+    }
 }
 
 impl MutEventSubscriber for Block {

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, Tap, TapError};
+use crate::config::{NetworkInterfaceConfig, RateLimiterConfig};
 use crate::devices::virtio::{
     ActivateContext, ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, device_type,
     read_config_bytes,
@@ -48,6 +49,15 @@ pub enum NetError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// A rate limiter could not be set up.
+    #[error("network interface {iface}: {source}")]
+    RateLimiter {
+        /// Interface name.
+        iface: String,
+        /// Underlying error.
+        #[source]
+        source: crate::rate_limiter::RateLimiterError,
+    },
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -96,12 +106,21 @@ pub struct Net {
     /// Whether the TAP is watched for readability (off while the guest has
     /// no receive buffers).
     pub(super) tap_watched: bool,
-    /// A frame read from the TAP that waits for a receive buffer.
+    /// The length of the frame in `rx_frame` that waits for a receive
+    /// buffer or the receive limiter.
     pending: Option<usize>,
-    frame: Vec<u8>,
+    /// The frame read from the TAP last (kept while it is pending).
+    rx_frame: Vec<u8>,
+    /// The frame being sent; apart from `rx_frame`, so that sending never
+    /// overwrites a received frame that waits.
+    tx_frame: Vec<u8>,
     warn: RateLimiter,
     /// Counters.
     pub counters: NetCounters,
+    /// Limits on frames to the guest (`rx_rate_limiter`).
+    pub(super) rx_limiter: crate::rate_limiter::RateLimiter,
+    /// Limits on frames from the guest (`tx_rate_limiter`).
+    pub(super) tx_limiter: crate::rate_limiter::RateLimiter,
 }
 
 impl std::fmt::Debug for Net {
@@ -115,8 +134,20 @@ impl std::fmt::Debug for Net {
 }
 
 impl Net {
-    /// Opens the TAP `host_dev_name` for interface `iface`.
-    pub fn new(iface: &str, host_dev_name: &str, mac: Option<&str>) -> Result<Self, NetError> {
+    /// Opens the TAP of `cfg` and sets up its rate limiters.
+    pub fn new(cfg: &NetworkInterfaceConfig) -> Result<Self, NetError> {
+        let iface = cfg.iface_id.as_str();
+        let limiter = |c: &Option<RateLimiterConfig>| {
+            crate::rate_limiter::RateLimiter::new(c.as_ref()).map_err(|source| {
+                NetError::RateLimiter {
+                    iface: iface.to_string(),
+                    source,
+                }
+            })
+        };
+        let rx_limiter = limiter(&cfg.rx_rate_limiter)?;
+        let tx_limiter = limiter(&cfg.tx_rate_limiter)?;
+        let (host_dev_name, mac) = (cfg.host_dev_name.as_str(), cfg.guest_mac.as_deref());
         let mac = match mac {
             Some(m) => Some(parse_mac(m).ok_or_else(|| NetError::Mac(iface.to_string()))?),
             None => None,
@@ -136,9 +167,12 @@ impl Net {
             registered: false,
             tap_watched: false,
             pending: None,
-            frame: vec![0; MAX_FRAME],
+            rx_frame: vec![0; MAX_FRAME],
+            tx_frame: vec![0; MAX_FRAME],
             warn: RateLimiter::new(10, Duration::from_secs(5)),
             counters: NetCounters::default(),
+            rx_limiter,
+            tx_limiter,
         })
     }
 
@@ -149,18 +183,39 @@ impl Net {
         }
     }
 
+    /// Replaces the rate limits given (`PATCH /network-interfaces/{id}`;
+    /// `None` leaves one as it is).
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) {
+        if let Some(rx) = rx {
+            self.rx_limiter.update(Some(rx));
+        }
+        if let Some(tx) = tx {
+            self.tx_limiter.update(Some(tx));
+        }
+    }
+
+    /// How many frames had to wait for a rate limiter (receive, transmit).
+    pub fn throttled(&self) -> (u64, u64) {
+        (self.rx_limiter.throttled(), self.tx_limiter.throttled())
+    }
+
     /// Moves frames from the TAP into receive buffers. Returns false when
-    /// the guest ran out of receive buffers (stop watching the TAP).
+    /// the guest ran out of receive buffers or the receive limiter makes
+    /// frames wait (stop watching the TAP until either changes).
     pub fn process_rx(&mut self) -> bool {
         let Some(mut active) = self.active.take() else {
             return false;
         };
         let mut delivered = false;
         let mut have_buffers = true;
-        loop {
+        while !self.rx_limiter.is_blocked() {
             let len = match self.pending.take() {
                 Some(len) => len,
-                None => match self.tap.read_frame(&mut self.frame) {
+                None => match self.tap.read_frame(&mut self.rx_frame) {
                     Ok(len) => len,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
@@ -175,11 +230,19 @@ impl Net {
                 self.counters.dropped += 1;
                 continue;
             }
+            // A buffer first, then the limiter: a frame that waits for
+            // buffers must not be paid for twice.
             let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
                 self.pending = Some(len);
                 have_buffers = false;
                 break;
             };
+            if !self.rx_limiter.consume((len - VNET_HDR_LEN) as u64) {
+                // Delivered when the limiter's timer fires.
+                active.rx.go_to_previous_position();
+                self.pending = Some(len);
+                break;
+            }
             let head = chain.head_index();
             let mut written = 0usize;
             let mut ok = true;
@@ -194,7 +257,7 @@ impl Net {
                 let n = (desc.len() as usize).min(len - written);
                 if active
                     .mem
-                    .write_slice(&self.frame[written..written + n], desc.addr())
+                    .write_slice(&self.rx_frame[written..written + n], desc.addr())
                     .is_err()
                 {
                     ok = false;
@@ -232,7 +295,7 @@ impl Net {
             Self::notify(&mut active, true);
         }
         self.active = Some(active);
-        have_buffers
+        have_buffers && !self.rx_limiter.is_blocked()
     }
 
     /// Sends every frame the guest queued for transmission.
@@ -241,8 +304,11 @@ impl Net {
             return;
         };
         let mut used_any = false;
-        let mut frame = std::mem::take(&mut self.frame);
-        while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+        let mut frame = std::mem::take(&mut self.tx_frame);
+        while !self.tx_limiter.is_blocked() {
+            let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) else {
+                break;
+            };
             let head = chain.head_index();
             let mut len = 0usize;
             let mut ok = true;
@@ -261,6 +327,11 @@ impl Net {
                     break;
                 }
                 len += n;
+            }
+            if ok && len >= VNET_HDR_LEN && !self.tx_limiter.consume((len - VNET_HDR_LEN) as u64) {
+                // Sent when the limiter's timer fires.
+                active.tx.go_to_previous_position();
+                break;
             }
             if ok && len >= VNET_HDR_LEN {
                 match self.tap.write_frame(&frame[..len]) {
@@ -283,7 +354,7 @@ impl Net {
             }
             used_any = true;
         }
-        self.frame = frame;
+        self.tx_frame = frame;
         if used_any {
             Self::notify(&mut active, false);
         }

@@ -13,6 +13,8 @@ const ACTIVATE: u32 = 0;
 const RX_QUEUE: u32 = 1;
 const TX_QUEUE: u32 = 2;
 const TAP: u32 = 3;
+const RX_LIMITER: u32 = 4;
+const TX_LIMITER: u32 = 5;
 
 impl Net {
     fn watch_tap(&mut self, ops: &mut EventOps, on: bool) {
@@ -50,6 +52,20 @@ impl MutEventSubscriber for Net {
                                 TAP,
                                 EventSet::IN,
                             ))
+                        })
+                        .and_then(|_| {
+                            ops.add(Events::with_data_raw(
+                                self.rx_limiter.as_raw_fd(),
+                                RX_LIMITER,
+                                EventSet::IN,
+                            ))
+                        })
+                        .and_then(|_| {
+                            ops.add(Events::with_data_raw(
+                                self.tx_limiter.as_raw_fd(),
+                                TX_LIMITER,
+                                EventSet::IN,
+                            ))
                         });
                     match added {
                         Ok(()) => {
@@ -75,6 +91,16 @@ impl MutEventSubscriber for Net {
                     let _ = active.tx_evt.read();
                     self.process_tx();
                 }
+            }
+            RX_LIMITER => {
+                self.rx_limiter.on_timer();
+                if self.active.is_some() {
+                    self.rx(ops);
+                }
+            }
+            TX_LIMITER => {
+                self.tx_limiter.on_timer();
+                self.process_tx();
             }
             TAP => {
                 if self.active.is_some() {
