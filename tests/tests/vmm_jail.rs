@@ -121,6 +121,20 @@ fn a_jailed_vmm_boots_its_guest_from_the_files_it_was_given() {
     assert_nothing_left(&base, &id);
 }
 
+/// A running jailer, ended with SIGTERM (which it passes on to the VMM
+/// before removing the jail) if a failed assertion leaves it running.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The jailer's child: the VMM (the jailer's only child).
 fn vmm_pid(jailer: &Child) -> u32 {
     let deadline = Instant::now() + T;
@@ -152,7 +166,7 @@ fn the_jailed_vmm_is_confined_and_sigterm_ends_it() {
     let base = dir.join("jails");
     let id = format!("confined-{}", std::process::id());
     let files = [format!("{}:/guest", guest::pvh().display())];
-    let mut child = jailer(
+    let child = jailer(
         &base,
         &id,
         &files,
@@ -165,12 +179,19 @@ fn the_jailed_vmm_is_confined_and_sigterm_ends_it() {
     )
     .spawn()
     .expect("spawn husk-jailer");
+    let mut running = Running(Some(child));
     let root = base.join("husk-vmm").join(&id).join("root");
     let sock = root.join("run/api.sock");
     let deadline = Instant::now() + T;
     while !sock.exists() {
+        let child = running.0.as_mut().expect("the jailer");
         if let Ok(Some(status)) = child.try_wait() {
-            let out = child.wait_with_output().unwrap();
+            let out = running
+                .0
+                .take()
+                .expect("the jailer")
+                .wait_with_output()
+                .unwrap();
             panic!(
                 "the jailer ended ({status}): {}",
                 String::from_utf8_lossy(&out.stderr)
@@ -199,7 +220,7 @@ fn the_jailed_vmm_is_confined_and_sigterm_ends_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let pid = vmm_pid(&child);
+    let pid = vmm_pid(running.0.as_ref().expect("the jailer"));
     let ids = format!("{UID}\t{UID}\t{UID}\t{UID}");
     assert_eq!(status_field(pid, "Uid:"), ids);
     assert_eq!(status_field(pid, "Gid:"), ids);
@@ -265,6 +286,7 @@ fn the_jailed_vmm_is_confined_and_sigterm_ends_it() {
     );
 
     // SIGTERM to the jailer ends the VMM; the jailer reports the signal.
+    let child = running.0.take().expect("the jailer");
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let out = wait_output(child, T);
