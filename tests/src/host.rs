@@ -2,6 +2,7 @@
 //! test failure, never a skip.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The flavour of KVM on this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,4 +146,19 @@ pub fn unmount_below(dir: &Path) {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// Asserts that `measured` is within 10% of what a rate limit says it
+/// should take (`expected`), printing both.
+pub fn within_ten_percent(what: &str, measured: Duration, expected: Duration) {
+    let ratio = measured.as_secs_f64() / expected.as_secs_f64();
+    eprintln!(
+        "{what}: {:.3} s, the limit says {:.3} s ({ratio:.3}x)",
+        measured.as_secs_f64(),
+        expected.as_secs_f64()
+    );
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{what}: took {measured:?}, the limit says {expected:?} ({ratio:.3}x)"
+    );
 }

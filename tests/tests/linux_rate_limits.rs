@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use integration_tests::host::{self, HostKvm, TempDir};
+use integration_tests::host::{self, HostKvm, TempDir, within_ten_percent};
 use integration_tests::linux::{self, HuskLinux};
 use integration_tests::netns::TapNamespace;
 use integration_tests::vmm::ApiVmm;
@@ -31,19 +31,6 @@ fn linux_on_husk_vmm() -> bool {
 /// A token bucket of `per_sec` a second, as husk-vmm's schema has it.
 fn per_second(per_sec: u64) -> serde_json::Value {
     serde_json::json!({"size": per_sec, "refill_time": 1000})
-}
-
-fn within_ten_percent(what: &str, measured: Duration, expected: Duration) {
-    let ratio = measured.as_secs_f64() / expected.as_secs_f64();
-    eprintln!(
-        "{what}: {:.2} s, the limit says {:.2} s ({ratio:.3}x)",
-        measured.as_secs_f64(),
-        expected.as_secs_f64()
-    );
-    assert!(
-        (0.9..=1.1).contains(&ratio),
-        "{what}: took {measured:?}, the limit says {expected:?} ({ratio:.3}x)"
-    );
 }
 
 /// Polls the console until `needle` appears; returns when it was seen.

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::guest;
-use integration_tests::host::{self, TempDir, bin};
+use integration_tests::host::{self, TempDir, bin, within_ten_percent};
 use integration_tests::vmm::ApiVmm;
 
 const T: Duration = Duration::from_secs(120);
@@ -66,20 +66,6 @@ fn timed_reads(limiter: serde_json::Value, reads: u64) -> Duration {
     let _ = child.kill();
     let _ = child.wait();
     took.unwrap_or_else(|| panic!("the guest did not finish its reads:\n{seen}"))
-}
-
-/// Asserts that `measured` is within 10% of `expected`.
-fn within_ten_percent(what: &str, measured: Duration, expected: Duration) {
-    let ratio = measured.as_secs_f64() / expected.as_secs_f64();
-    eprintln!(
-        "{what}: {:.3} s, expected {:.3} s ({ratio:.3}x)",
-        measured.as_secs_f64(),
-        expected.as_secs_f64()
-    );
-    assert!(
-        (0.9..=1.1).contains(&ratio),
-        "{what}: took {measured:?}, the limit says {expected:?} ({ratio:.3}x)"
-    );
 }
 
 #[test]
